@@ -1,0 +1,45 @@
+"""trimtab: adaptive, bounded, audited optimizer control for PyTorch."""
+
+from __future__ import annotations
+
+from trimtab.arbiter import ArbiterConfig
+from trimtab.controller import Controller
+from trimtab.errors import (
+    CallOrderError,
+    ConfigError,
+    ConfigTypeError,
+    StateError,
+    TrimtabError,
+)
+from trimtab.log import read_log
+from trimtab.policies import POLICIES, Plateau, Policy, StabilityGuard
+from trimtab.probes import PROBES, Probe
+from trimtab.regime import Regime
+from trimtab.types import Event, EventKind, Knob, Outcome, Priority, Proposal
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "POLICIES",
+    "PROBES",
+    "ArbiterConfig",
+    "CallOrderError",
+    "ConfigError",
+    "ConfigTypeError",
+    "Controller",
+    "Event",
+    "EventKind",
+    "Knob",
+    "Outcome",
+    "Plateau",
+    "Policy",
+    "Priority",
+    "Probe",
+    "Proposal",
+    "Regime",
+    "StabilityGuard",
+    "StateError",
+    "TrimtabError",
+    "__version__",
+    "read_log",
+]

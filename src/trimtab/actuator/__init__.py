@@ -1,0 +1,98 @@
+"""The actuator: the only code that writes optimizer ``param_groups``.
+
+Between optimizer steps each group holds the user's *base* values, so a user's LR
+scheduler, or a loop that assigns ``group["lr"]`` every step, keeps working on the base.
+Just before ``optimizer.step()`` the actuator writes ``base x multiplier``; right after
+it puts the base back. Nothing compounds, and checkpoints hold the user's own values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+from trimtab.actuator import adapters
+from trimtab.errors import ConfigError
+from trimtab.types import Knob
+
+
+@dataclass(frozen=True)
+class GroupHandle:
+    """One param group of one optimizer, by its trimtab name."""
+
+    name: str
+    optimizer: torch.optim.Optimizer
+    index: int
+
+    @property
+    def group(self) -> adapters.ParamGroup:
+        return self.optimizer.param_groups[self.index]
+
+
+class Actuator:
+    """Writes effective values (base x multiplier) around each optimizer step."""
+
+    def __init__(self, handles: Sequence[GroupHandle], knobs: Sequence[Knob]) -> None:
+        self.handles = tuple(handles)
+        self.knobs = tuple(knobs)
+        for handle in self.handles:
+            available = adapters.knobs_of(handle.group)
+            missing = [
+                k.value for k in self.knobs if k is not Knob.MAX_GRAD_NORM and k not in available
+            ]
+            if missing:
+                raise ConfigError(
+                    f"{type(handle.optimizer).__name__} group {handle.name!r} has no "
+                    f"{', '.join(missing)}; it exposes {sorted(k.value for k in available)}. "
+                    "Remove those knobs from the policies or use an optimizer that has them."
+                )
+        self._bases: dict[tuple[Knob, str], float] = {}
+        self._applied = False
+
+    def bases(self) -> dict[tuple[Knob, str], float]:
+        """The user's current values, read from the groups (valid between steps)."""
+        return {
+            (knob, h.name): adapters.read(h.group, knob)
+            for h in self.handles
+            for knob in self.knobs
+            if knob is not Knob.MAX_GRAD_NORM
+        }
+
+    def apply(self, multipliers: Mapping[tuple[Knob, str], float]) -> None:
+        """Write base x multiplier into every group; call right before the optimizer step."""
+        if self._applied:
+            raise RuntimeError("Actuator.apply called twice without restore()")
+        self._bases = self.bases()
+        for handle in self.handles:
+            for knob in self.knobs:
+                key = (knob, handle.name)
+                if key not in self._bases:
+                    continue
+                multiplier = multipliers.get(key, 1.0)
+                if multiplier != 1.0:
+                    adapters.write(handle.group, knob, self._bases[key] * multiplier)
+        self._applied = True
+
+    def restore(self) -> None:
+        """Put the base values back; call right after the optimizer step."""
+        if not self._applied:
+            return
+        for (knob, name), base in self._bases.items():
+            handle = next(h for h in self.handles if h.name == name)
+            adapters.write(handle.group, knob, base)
+        self._applied = False
+
+    @contextmanager
+    def keeping_hyperparameters(self) -> Iterator[None]:
+        """Keep every group's hyperparameters across a block that reloads optimizer state.
+
+        ``optimizer.load_state_dict`` also restores the saved param-group values; after a
+        rollback the current ones (the user's schedule, trimtab's cut) must win.
+        """
+        saved = [(h, {k: v for k, v in h.group.items() if k != "params"}) for h in self.handles]
+        yield
+        for handle, values in saved:
+            handle.group.update(values)

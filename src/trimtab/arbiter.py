@@ -1,0 +1,188 @@
+"""The arbiter: turns competing proposals into bounded, rate-limited, explained decisions.
+
+It enforces DESIGN.md's invariants for every knob: multipliers stay inside their bounds,
+no single decision moves a knob more than its priority's rate limit, a knob that just
+moved waits out its cooldown, a change smaller than ``epsilon`` is dropped, and a
+reversal soon after a move (hysteresis) needs an equally urgent reason.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from trimtab import _checks
+from trimtab.errors import ConfigError, StateError
+from trimtab.types import Action, Decision, Knob, Priority, Proposal, Rejection
+
+STATE_VERSION = 1
+
+# Per-decision factor limits by priority: a safety cut may be steep, speed-ups are gentle.
+DEFAULT_RATE_LIMITS: Mapping[Priority, tuple[float, float]] = {
+    Priority.SAFETY: (0.01, 1.0),
+    Priority.STABILITY: (0.25, 1.0),
+    Priority.REGULARIZATION: (0.5, 2.0),
+    Priority.SCHEDULE: (0.5, 1.0),
+    Priority.RECOVERY: (1.0, 1.5),
+    Priority.SPEED: (0.5, 2.0),
+}
+
+# Multiplier bounds: wide enough to rescue an initial LR that is 100x off either way.
+DEFAULT_BOUNDS: Mapping[Knob, tuple[float, float]] = {
+    Knob.LR: (1e-3, 3e2),
+    Knob.MOMENTUM: (0.5, 1.0),
+    Knob.WEIGHT_DECAY: (0.1, 10.0),
+    Knob.MAX_GRAD_NORM: (0.1, 10.0),
+}
+
+
+@dataclass(frozen=True)
+class ArbiterConfig:
+    """Limits the arbiter enforces. Every field is checked at construction."""
+
+    bounds: Mapping[Knob, tuple[float, float]] = field(default_factory=lambda: dict(DEFAULT_BOUNDS))
+    rate_limits: Mapping[Priority, tuple[float, float]] = field(
+        default_factory=lambda: dict(DEFAULT_RATE_LIMITS)
+    )
+    cooldown: int = 10
+    reversal_window: int = 50
+    epsilon: float = 0.01
+
+    def __post_init__(self) -> None:
+        for knob, (low, high) in self.bounds.items():
+            _checks.positive(f"lower bound of {knob.value}", low)
+            _checks.positive(f"upper bound of {knob.value}", high)
+            if not low <= 1.0 <= high:
+                raise ConfigError(
+                    f"bounds of {knob.value} must contain 1.0 (the user's own value), "
+                    f"got ({low}, {high})"
+                )
+        for priority, (low, high) in self.rate_limits.items():
+            _checks.positive(f"rate limit low of {priority.name}", low)
+            _checks.positive(f"rate limit high of {priority.name}", high)
+            if low > 1.0 or high < 1.0:
+                raise ConfigError(
+                    f"rate limits of {priority.name} must bracket 1.0, got ({low}, {high})"
+                )
+        _checks.count("cooldown", self.cooldown, minimum=0)
+        _checks.count("reversal_window", self.reversal_window, minimum=0)
+        _checks.positive("epsilon", self.epsilon)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "bounds": {k.value: list(v) for k, v in self.bounds.items()},
+            "rate_limits": {p.name.lower(): list(v) for p, v in self.rate_limits.items()},
+            "cooldown": self.cooldown,
+            "reversal_window": self.reversal_window,
+            "epsilon": self.epsilon,
+        }
+
+
+class Arbiter:
+    """Merges proposals per (knob, group) and applies the limits of ``ArbiterConfig``."""
+
+    def __init__(self, config: ArbiterConfig | None = None) -> None:
+        self.config = config or ArbiterConfig()
+        # (knob, group) -> (step, direction, priority, policy) of the last change
+        self._last: dict[tuple[Knob, str], tuple[int, int, int, str]] = {}
+
+    def arbitrate(
+        self,
+        proposals: Sequence[Proposal],
+        *,
+        step: int,
+        groups: Sequence[str],
+        multipliers: Mapping[tuple[Knob, str], float],
+    ) -> tuple[list[Decision], list[Rejection]]:
+        """Decide which proposals to act on. Pure in its inputs and the arbiter's state."""
+        decisions: list[Decision] = []
+        rejections: list[Rejection] = []
+        by_slot: dict[tuple[Knob, str], list[Proposal]] = {}
+        for proposal in proposals:
+            if proposal.action is not Action.ADJUST:
+                decisions.append(Decision(proposal, proposal.group, None, None))
+                continue
+            if proposal.knob is None or (proposal.factor is None) == (proposal.target is None):
+                rejections.append(
+                    Rejection(
+                        proposal, "an adjustment needs a knob and exactly one of factor or target"
+                    )
+                )
+                continue
+            targets = groups if proposal.group is None else (proposal.group,)
+            for group in targets:
+                if group not in groups:
+                    rejections.append(Rejection(proposal, f"unknown group {group!r}"))
+                    continue
+                by_slot.setdefault((proposal.knob, group), []).append(proposal)
+
+        for slot in sorted(by_slot, key=lambda s: (s[0].value, s[1])):
+            old = multipliers.get(slot, 1.0)
+            ranked = sorted(by_slot[slot], key=lambda p: (p.priority, _wanted(p, old)))
+            winner, losers = ranked[0], ranked[1:]
+            for loser in losers:
+                rejections.append(
+                    Rejection(loser, f"superseded by {winner.policy} on {slot[0].value}/{slot[1]}")
+                )
+            verdict = self._limit(winner, slot, old, step)
+            if isinstance(verdict, str):
+                rejections.append(Rejection(winner, verdict))
+                continue
+            decisions.append(Decision(winner, slot[1], old, verdict))
+            direction = 1 if verdict > old else -1
+            self._last[slot] = (step, direction, int(winner.priority), winner.policy)
+        return decisions, rejections
+
+    def _limit(self, proposal: Proposal, slot: tuple[Knob, str], old: float, step: int):
+        """Return the new multiplier, or a string saying why the proposal is refused."""
+        cfg = self.config
+        knob, group = slot
+        last = self._last.get(slot)
+        urgent = proposal.priority is Priority.SAFETY
+        if last is not None and not urgent and step - last[0] < cfg.cooldown:
+            return f"{knob.value}/{group} is cooling down (moved at step {last[0]})"
+        wanted = _wanted(proposal, old)
+        if not math.isfinite(wanted) or wanted <= 0:
+            return f"asked for a non-finite or non-positive multiplier ({wanted})"
+        factor = wanted / old
+        low, high = cfg.rate_limits.get(proposal.priority, (1.0, 1.0))
+        factor = min(max(factor, low), high)
+        b_low, b_high = cfg.bounds.get(knob, (1.0, 1.0))
+        new = min(max(old * factor, b_low), b_high)
+        if abs(math.log(new / old)) < cfg.epsilon:
+            return f"change below epsilon or at a bound ({knob.value}/{group} stays {old:.4g})"
+        direction = 1 if new > old else -1
+        if (
+            last is not None
+            and direction != last[1]
+            and step - last[0] < cfg.reversal_window
+            and int(proposal.priority) > last[2]
+            and proposal.policy != last[3]
+        ):
+            return (
+                f"reversal of {last[3]}'s change at step {last[0]} needs an equally urgent "
+                f"reason within {cfg.reversal_window} steps"
+            )
+        return new
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "version": STATE_VERSION,
+            "last": [[k.value, g, *v] for (k, g), v in sorted(self._last.items())],
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state.get("version") != STATE_VERSION:
+            raise StateError(f"arbiter state version {state.get('version')!r} is unsupported")
+        self._last = {
+            (Knob(k), g): (int(s), int(d), int(p), str(pol)) for k, g, s, d, p, pol in state["last"]
+        }
+
+
+def _wanted(proposal: Proposal, old: float) -> float:
+    """The multiplier a proposal asks for, before limits."""
+    if proposal.target is not None:
+        return proposal.target
+    return old * (proposal.factor if proposal.factor is not None else 1.0)

@@ -1,0 +1,301 @@
+"""The framework-agnostic core: measure -> propose -> arbitrate -> actuate.
+
+Call ``before_step(loss)`` after the gradients exist and before ``optimizer.step()``;
+it returns whether to step, skip or (having already restored the weights) treat the step
+as rolled back. Call ``after_step(outcome)`` right after. ``Regime`` does this for plain
+loops; framework integrations call it from their pre-optimizer-step hook.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from trimtab import _checks
+from trimtab.actuator import Actuator, GroupHandle
+from trimtab.arbiter import Arbiter, ArbiterConfig
+from trimtab.errors import StateError
+from trimtab.guard import Guard
+from trimtab.log import EventLog
+from trimtab.policies import Policy, PolicyView
+from trimtab.probes import GroupView, Probe, StepContext
+from trimtab.run_header import describe_run
+from trimtab.signals import Signals
+from trimtab.types import Action, Decision, Event, EventKind, Knob, Outcome, Rejection
+
+STATE_VERSION = 1
+
+
+class Controller:
+    """Owns the signals, policies, arbiter, actuator, guard and audit trail of one run.
+
+    Args:
+        model: the module being trained (for snapshots and the run description).
+        optimizers: the optimizers that update it.
+        handles: every param group, named.
+        probes: instantiated probes, run in order.
+        policies: instantiated policies, asked in order.
+        total_steps: planned number of optimizer steps (``None``: open-ended).
+        arbiter: limits for knob changes.
+        log: JSONL path for the audit trail, or ``None``.
+        log_every: cadence of signal snapshots in the log.
+        snapshot_every: cadence of known-good snapshots.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optimizers: Sequence[torch.optim.Optimizer],
+        handles: Sequence[GroupHandle],
+        *,
+        probes: Sequence[Probe],
+        policies: Sequence[Policy],
+        total_steps: int | None,
+        arbiter: ArbiterConfig | None = None,
+        log: EventLog | None = None,
+        log_every: int = 10,
+        snapshot_every: int = 25,
+    ) -> None:
+        self.model = model
+        self.optimizers = tuple(optimizers)
+        self.handles = tuple(handles)
+        self.group_names = tuple(h.name for h in self.handles)
+        self.probes = tuple(probes)
+        self.policies = tuple(policies)
+        self.total_steps = total_steps
+        self.log_every = _checks.count("log_every", log_every)
+        knobs = {Knob.LR}
+        for policy in self.policies:
+            knobs.update(getattr(policy, "knobs", ()))
+        self.actuator = Actuator(self.handles, sorted(knobs, key=lambda k: k.value))
+        self.arbiter = Arbiter(arbiter)
+        self.signals = Signals()
+        self.guard = Guard(model, self.optimizers, every=snapshot_every)
+        self.log = log or EventLog(None)
+        self.step = 0
+        self.attempts = 0
+        self.stop_requested = False
+        self.events: list[Event] = []
+        self.rejections: list[Rejection] = []
+        self.multipliers: dict[tuple[Knob, str], float] = {}
+        self.policy_states = {p.name: p.initial_state() for p in self.policies}
+        self._last_incident = -(10**9)
+        self._pending: dict[str, torch.Tensor] = {}
+        self._ctx: StepContext | None = None
+        self.log.start(
+            describe_run(
+                model,
+                self.optimizers,
+                self.handles,
+                self.probes,
+                self.policies,
+                self.arbiter.config,
+                total_steps=total_steps,
+            )
+        )
+        self.guard.take(self.step)
+
+    # -- the step ----------------------------------------------------------------------
+    def before_step(self, loss: torch.Tensor | None) -> Outcome:
+        """Measure, decide and write knobs. Syncs host and device once (one transfer)."""
+        if self._ctx is not None:
+            raise RuntimeError("before_step called twice without after_step")
+        groups = [GroupView(h.name, _trainable(h)) for h in self.handles]
+        ctx = StepContext(step=self.step, loss=loss, groups=groups)
+        readings = dict(self._pending)
+        self._pending = {}
+        for probe in self.probes:
+            if probe.due(self.step):
+                readings.update(probe.before_step(ctx))
+        self.signals.record(self.step, _transfer(readings))
+
+        view = PolicyView(
+            step=self.step,
+            total_steps=self.total_steps,
+            signals=self.signals,
+            groups=self.group_names,
+            multipliers=dict(self.multipliers),
+        )
+        proposals = []
+        for policy in self.policies:
+            made, self.policy_states[policy.name] = policy.propose(
+                view, self.policy_states[policy.name]
+            )
+            proposals.extend(made)
+        decisions, rejections = self.arbiter.arbitrate(
+            proposals, step=self.step, groups=self.group_names, multipliers=self.multipliers
+        )
+        self.rejections.extend(rejections)
+        outcome = self._enact(decisions)
+        self._ctx = ctx
+        if outcome is Outcome.STEPPED:
+            self.actuator.apply(self.multipliers)
+        if self.step % self.log_every == 0:
+            self._log_signals()
+        return outcome
+
+    def after_step(self, outcome: Outcome) -> None:
+        """Restore base values, run after-step probes, count the step, take snapshots."""
+        ctx, self._ctx = self._ctx, None
+        if ctx is None:
+            raise RuntimeError("after_step called without before_step")
+        self.attempts += 1
+        if outcome is not Outcome.STEPPED:
+            return
+        self.actuator.restore()
+        for probe in self.probes:
+            if probe.due(ctx.step):
+                self._pending.update(probe.after_step(ctx))
+        self.step += 1
+        if self.step - self._last_incident >= self.guard.every and self.guard.due(self.step):
+            self.guard.take(self.step)
+
+    def observe(self, metrics: Mapping[str, float]) -> None:
+        self.signals.observe(self.step, metrics)
+        self.log.write("observe", {"step": self.step, "metrics": dict(metrics)})
+
+    # -- effects -----------------------------------------------------------------------
+    def _enact(self, decisions: Sequence[Decision]) -> Outcome:
+        outcome = Outcome.STEPPED
+        bases = self.actuator.bases()
+        rollback_events = []
+        for decision in decisions:
+            proposal = decision.proposal
+            if proposal.action is Action.ADJUST:
+                assert proposal.knob is not None and decision.group is not None
+                key = (proposal.knob, decision.group)
+                base = bases.get(key, 1.0)
+                self.multipliers[key] = decision.new  # type: ignore[assignment]
+                self._record(
+                    Event(
+                        step=self.step,
+                        knob=proposal.knob.value,
+                        group=decision.group,
+                        old=base * decision.old,
+                        new=base * decision.new,  # type: ignore[operator]
+                        policy=proposal.policy,
+                        reason=proposal.reason,
+                        signals=proposal.signals,
+                    )
+                )
+            elif proposal.action is Action.ROLLBACK:
+                outcome = Outcome.ROLLED_BACK
+                rollback_events.append(proposal)
+            elif proposal.action is Action.SKIP:
+                if outcome is Outcome.STEPPED:
+                    outcome = Outcome.SKIPPED
+                self._record(_action_event(self.step, EventKind.SKIP, proposal))
+            elif proposal.action is Action.STOP:
+                self.stop_requested = True
+                self._record(_action_event(self.step, EventKind.STOP, proposal))
+        if outcome is not Outcome.STEPPED:
+            self._last_incident = self.step
+        if rollback_events:
+            with self.actuator.keeping_hyperparameters():
+                restored = self.guard.restore(before=self.step)
+            for proposal in rollback_events:
+                event = _action_event(self.step, EventKind.ROLLBACK, proposal)
+                self._record(
+                    Event(
+                        **{
+                            **event.__dict__,
+                            "reason": f"{proposal.reason} (restored step {restored})",
+                        }
+                    )
+                )
+        return outcome
+
+    def _record(self, event: Event) -> None:
+        self.events.append(event)
+        self.log.write("event", event.to_record())
+
+    def effective(self) -> dict[str, float]:
+        """Effective value of every knob as ``"knob/group"`` (base x multiplier)."""
+        return {
+            f"{knob.value}/{group}": base * self.multipliers.get((knob, group), 1.0)
+            for (knob, group), base in self.actuator.bases().items()
+        }
+
+    def _log_signals(self) -> None:
+        self.log.write(
+            "signals",
+            {
+                "step": self.step,
+                "values": self.signals.snapshot(),
+                "knobs": self.effective(),
+            },
+        )
+
+    # -- persistence -------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "version": STATE_VERSION,
+            "groups": list(self.group_names),
+            "step": self.step,
+            "attempts": self.attempts,
+            "stop_requested": self.stop_requested,
+            "last_incident": self._last_incident,
+            "multipliers": [[k.value, g, v] for (k, g), v in sorted(self.multipliers.items())],
+            "policy_states": {k: dict(v) for k, v in self.policy_states.items()},
+            "signals": self.signals.state_dict(),
+            "arbiter": self.arbiter.state_dict(),
+            "guard": self.guard.state_dict(),
+            "events": [e.to_record() for e in self.events],
+            "pending": {k: v.detach().cpu().clone() for k, v in self._pending.items()},
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state.get("version") != STATE_VERSION:
+            raise StateError(
+                f"controller state version {state.get('version')!r} is not {STATE_VERSION}"
+            )
+        if list(state["groups"]) != list(self.group_names):
+            raise StateError(
+                f"checkpoint has groups {state['groups']}, this run has "
+                f"{list(self.group_names)}: build the optimizer with the same groups"
+            )
+        missing = set(self.policy_states) - set(state["policy_states"])
+        if missing:
+            raise StateError(f"checkpoint lacks state for policies {sorted(missing)}")
+        self.step = int(state["step"])
+        self.attempts = int(state["attempts"])
+        self.stop_requested = bool(state["stop_requested"])
+        self._last_incident = int(state["last_incident"])
+        self.multipliers = {(Knob(k), g): float(v) for k, g, v in state["multipliers"]}
+        self.policy_states = {k: dict(state["policy_states"][k]) for k in self.policy_states}
+        self.signals.load_state_dict(state["signals"])
+        self.arbiter.load_state_dict(state["arbiter"])
+        self.guard.load_state_dict(state["guard"])
+        self.events = [Event.from_record(r) for r in state["events"]]
+        self._pending = dict(state["pending"])
+        self.log.write("resume", {"step": self.step})
+
+
+def _trainable(handle: GroupHandle) -> tuple[torch.Tensor, ...]:
+    return tuple(p for p in handle.group["params"] if p.requires_grad)
+
+
+def _transfer(readings: Mapping[str, torch.Tensor]) -> dict[str, float]:
+    """Move every reading to the host in one transfer (the step's single sync)."""
+    if not readings:
+        return {}
+    names = list(readings)
+    device = readings[names[0]].device
+    stacked = torch.stack([readings[n].detach().reshape(()).float().to(device) for n in names])
+    return {n: float(v) for n, v in zip(names, stacked.cpu().tolist(), strict=True)}
+
+
+def _action_event(step: int, kind: EventKind, proposal: Any) -> Event:
+    return Event(
+        step=step,
+        knob=None,
+        group=None,
+        old=None,
+        new=None,
+        policy=proposal.policy,
+        reason=proposal.reason,
+        kind=kind,
+        signals=proposal.signals,
+    )

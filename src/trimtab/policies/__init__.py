@@ -1,0 +1,27 @@
+"""Policies: one rule per file. Register a new policy by adding it to ``POLICIES``."""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+
+from trimtab.policies.base import Policy, PolicyState, PolicyView
+from trimtab.policies.plateau import Plateau
+from trimtab.policies.stability_guard import StabilityGuard
+
+POLICIES = MappingProxyType(
+    {
+        StabilityGuard.name: StabilityGuard,
+        Plateau.name: Plateau,
+    }
+)
+DEFAULT_POLICIES = ("stability_guard", "plateau")
+
+__all__ = [
+    "DEFAULT_POLICIES",
+    "POLICIES",
+    "Plateau",
+    "Policy",
+    "PolicyState",
+    "PolicyView",
+    "StabilityGuard",
+]

@@ -1,0 +1,49 @@
+"""The policy contract: a pure rule from signals and its own state to proposals.
+
+``propose`` does no I/O and never touches the optimizer; its state is plain data it
+returns rather than mutates, so a test needs only a scripted ``Signals`` and the same
+inputs always give the same proposals (which keeps distributed ranks in lockstep).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from trimtab.signals import Signals
+from trimtab.types import Knob, Proposal
+
+PolicyState = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class PolicyView:
+    """What a policy may read when it decides."""
+
+    step: int
+    total_steps: int | None
+    signals: Signals
+    groups: tuple[str, ...]
+    multipliers: Mapping[tuple[Knob, str], float]
+
+    def multiplier(self, knob: Knob, group: str) -> float:
+        return self.multipliers.get((knob, group), 1.0)
+
+
+class Policy:
+    """Base class: subclasses set ``name`` and implement ``initial_state`` and ``propose``."""
+
+    name: str = "policy"
+    knobs: tuple[Knob, ...] = ()  # knobs the policy may adjust besides lr
+    requires: tuple[str, ...] = ()  # probes whose signals it reads
+
+    def initial_state(self) -> PolicyState:
+        return {}
+
+    def propose(self, view: PolicyView, state: PolicyState) -> tuple[list[Proposal], PolicyState]:
+        raise NotImplementedError
+
+    def settings(self) -> dict[str, Any]:
+        """The policy's configuration, written to the run header of the log."""
+        return {}

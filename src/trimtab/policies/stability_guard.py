@@ -1,0 +1,295 @@
+"""Stability guard: skip non-finite steps, roll back on divergence, then ramp back up.
+
+Divergence is judged against the run's own recent loss distribution (median and a
+MAD-based scale), so the same settings work for a loss of 2.3 and a loss of 0.01.
+After a rollback the learning rate is cut and brought back gradually to a ceiling;
+repeated divergences ratchet that ceiling down, which is how a learning rate that is
+far too high is found and fixed without a sweep.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from trimtab import _checks, stats
+from trimtab.errors import ConfigError
+from trimtab.policies.base import Policy, PolicyState, PolicyView
+from trimtab.types import Action, Knob, Priority, Proposal
+
+
+class StabilityGuard(Policy):
+    """Keep non-finite and divergent updates away from the weights.
+
+    Args:
+        spike_z: robust z-score above which a loss is a spike.
+        sustained_z: z-score that, held for ``sustained_steps`` in a row, is a divergence.
+        sustained_steps: length of that run.
+        grad_z: robust z-score (on log gradient norm) above which the step is skipped.
+        rel_floor: smallest loss scale, as a fraction of the median, so a very quiet
+            loss does not turn noise into spikes.
+        lost_fraction: a spike must also undo at least this share of the progress made
+            since the first steps (a sustained rise, half of it).
+        window: number of recent losses that define the normal range.
+        max_skips: consecutive non-finite steps that mean the weights, not the batch,
+            are broken (then roll back).
+        cut: LR factor applied with a rollback.
+        repeat_cut: LR factor when divergence repeats within ``memory`` steps.
+        ceiling: after a repeated divergence, recovery stops at this fraction of the
+            multiplier that diverged.
+        recovery_factor: LR factor per recovery step.
+        recovery_every: healthy steps between recovery steps.
+        memory: steps within which a second divergence counts as a repeat.
+    """
+
+    name = "stability_guard"
+    requires = ("loss", "grad_norm", "nonfinite")
+
+    def __init__(
+        self,
+        *,
+        spike_z: float = 6.0,
+        sustained_z: float = 3.0,
+        sustained_steps: int = 6,
+        grad_z: float = 6.0,
+        rel_floor: float = 0.1,
+        lost_fraction: float = 0.2,
+        window: int = 64,
+        max_skips: int = 3,
+        cut: float = 0.3,
+        repeat_cut: float = 0.1,
+        ceiling: float = 0.3,
+        recovery_factor: float = 1.25,
+        recovery_every: int = 10,
+        memory: int = 300,
+    ) -> None:
+        self.spike_z = _checks.positive("spike_z", spike_z)
+        self.sustained_z = _checks.positive("sustained_z", sustained_z)
+        if self.sustained_z >= self.spike_z:
+            raise ConfigError(f"sustained_z ({sustained_z}) must be below spike_z ({spike_z})")
+        self.sustained_steps = _checks.count("sustained_steps", sustained_steps, minimum=2)
+        self.grad_z = _checks.positive("grad_z", grad_z)
+        self.rel_floor = _checks.in_open_unit("rel_floor", rel_floor)
+        self.lost_fraction = _checks.in_open_unit("lost_fraction", lost_fraction)
+        self.window = _checks.count("window", window, minimum=4)
+        self.max_skips = _checks.count("max_skips", max_skips)
+        self.cut = _checks.in_open_unit("cut", cut)
+        self.repeat_cut = _checks.in_open_unit("repeat_cut", repeat_cut)
+        self.ceiling = _checks.in_open_unit("ceiling", ceiling)
+        self.recovery_factor = _checks.positive("recovery_factor", recovery_factor)
+        if self.recovery_factor <= 1.0:
+            raise ConfigError(f"recovery_factor must be > 1, got {recovery_factor}")
+        self.recovery_every = _checks.count("recovery_every", recovery_every)
+        self.memory = _checks.count("memory", memory)
+
+    def settings(self) -> dict[str, Any]:
+        keys = [
+            "spike_z",
+            "sustained_z",
+            "sustained_steps",
+            "grad_z",
+            "rel_floor",
+            "lost_fraction",
+            "window",
+            "max_skips",
+            "cut",
+            "repeat_cut",
+            "ceiling",
+            "recovery_factor",
+            "recovery_every",
+            "memory",
+        ]
+        return {k: getattr(self, k) for k in keys}
+
+    def initial_state(self) -> PolicyState:
+        return {
+            "losses": [],  # recent losses that were not spikes
+            "start_losses": [],  # the first few losses: the level progress is measured from
+            "log_grad_norms": [],
+            "skips_in_row": 0,
+            "above_in_row": 0,
+            "last_divergence": None,
+            "ceilings": {},  # group -> LR multiplier that recovery returns to
+            "healthy_since": 0,
+            "sustained_at": None,  # step of a rollback caused by a sustained rise
+        }
+
+    def propose(self, view: PolicyView, state: PolicyState) -> tuple[list[Proposal], PolicyState]:
+        state = {**state, "ceilings": dict(state["ceilings"])}
+        signals = view.signals
+        loss = signals.fresh("loss/train", view.step)
+        grad_norm = signals.fresh("grad_norm/global", view.step)
+        if signals.fresh("nonfinite/any", view.step) == 1.0:
+            return self._nonfinite(view, state, loss, grad_norm)
+        state["skips_in_row"] = 0
+
+        if loss is not None and len(state["losses"]) >= 1:
+            centre, sigma = stats.upper_range(state["losses"])
+            scale = max(sigma, self.rel_floor * abs(centre), 1e-12)
+            z = (loss - centre) / scale
+            # Progress made since the start: a spike must also undo a real share of it,
+            # so a batch at 0.05 when the median is 0.005 (and the start was 2.3) is noise.
+            progress = max(stats.median(state["start_losses"]) - centre, 0.0)
+            lost = (loss - centre) / progress if progress > 0 else math.inf
+            evidence = {
+                "loss/train": loss,
+                "loss/median": centre,
+                "loss/scale": scale,
+                "z": z,
+                "progress_lost": min(lost, 1e9),
+            }
+            if z > self.spike_z and lost > self.lost_fraction:
+                why = (
+                    f"loss {loss:.4g} is {z:.1f} robust sigmas above its recent median "
+                    f"{centre:.4g} (scale {scale:.3g}, threshold {self.spike_z})"
+                    + (
+                        f" and undoes {lost:.0%} of the progress since the start"
+                        if progress > 0
+                        else ""
+                    )
+                )
+                return self._diverged(view, state, why, evidence)
+            high = z > self.sustained_z and lost > self.lost_fraction / 2
+            state["above_in_row"] = state["above_in_row"] + 1 if high else 0
+            if state["above_in_row"] >= self.sustained_steps and state["sustained_at"] is not None:
+                # The level moved again right after a rollback for the same reason: the
+                # data changed, not the weights. Accept the new level instead of looping.
+                recent = state["losses"][-(self.sustained_steps - 1) :]
+                state.update(losses=[*recent, loss], above_in_row=0, sustained_at=None)
+                return [], state
+            if state["above_in_row"] >= self.sustained_steps:
+                state["sustained_at"] = view.step
+                why = (
+                    f"loss stayed above {self.sustained_z} robust sigmas of its median "
+                    f"{centre:.4g} for {state['above_in_row']} steps (now {loss:.4g})"
+                )
+                return self._diverged(view, state, why, evidence)
+
+        proposals: list[Proposal] = []
+        if grad_norm is not None and grad_norm > 0:
+            skip = self._grad_outlier(state, grad_norm)
+            if skip is not None:
+                return [skip], state
+            state["log_grad_norms"] = [*state["log_grad_norms"], math.log(grad_norm)][
+                -self.window :
+            ]
+        if loss is not None:
+            state["losses"] = [*state["losses"], loss][-self.window :]
+            if len(state["start_losses"]) < 8:
+                state["start_losses"] = [*state["start_losses"], loss]
+        state["healthy_since"] += 1
+        if state["sustained_at"] is not None and view.step - state["sustained_at"] > self.memory:
+            state["sustained_at"] = None
+        proposals.extend(self._recover(view, state))
+        return proposals, state
+
+    # -- pieces ------------------------------------------------------------------------
+    def _nonfinite(
+        self, view: PolicyView, state: PolicyState, loss: float | None, grad_norm: float | None
+    ) -> tuple[list[Proposal], PolicyState]:
+        state["skips_in_row"] += 1
+        evidence = {"loss/train": _plain(loss), "grad_norm/global": _plain(grad_norm)}
+        if state["skips_in_row"] >= self.max_skips:
+            why = (
+                f"{state['skips_in_row']} non-finite steps in a row (loss={loss}, "
+                f"grad_norm={grad_norm}): the weights, not one batch, are broken"
+            )
+            state["skips_in_row"] = 0
+            return self._diverged(view, state, why, evidence)
+        why = f"non-finite loss or gradient (loss={loss}, grad_norm={grad_norm}); step skipped"
+        skip = Proposal(
+            policy=self.name,
+            reason=why,
+            priority=Priority.SAFETY,
+            action=Action.SKIP,
+            signals=evidence,
+        )
+        return [skip], state
+
+    def _grad_outlier(self, state: PolicyState, grad_norm: float) -> Proposal | None:
+        history = state["log_grad_norms"]
+        if len(history) < 8:
+            return None
+        centre, sigma = stats.robust_range(history)
+        scale = max(sigma, math.log(1.5))
+        z = (math.log(grad_norm) - centre) / scale
+        if z <= self.grad_z:
+            return None
+        typical = math.exp(centre)
+        why = (
+            f"gradient norm {grad_norm:.4g} is {grad_norm / typical:.1f}x its recent median "
+            f"{typical:.4g} (robust z {z:.1f} > {self.grad_z}); step skipped"
+        )
+        evidence = {"grad_norm/global": grad_norm, "grad_norm/median": typical, "z": z}
+        return Proposal(
+            policy=self.name,
+            reason=why,
+            priority=Priority.SAFETY,
+            action=Action.SKIP,
+            signals=evidence,
+        )
+
+    def _diverged(
+        self, view: PolicyView, state: PolicyState, why: str, evidence: dict[str, float]
+    ) -> tuple[list[Proposal], PolicyState]:
+        last = state["last_divergence"]
+        repeated = last is not None and view.step - last <= self.memory
+        cut = self.repeat_cut if repeated else self.cut
+        for group in view.groups:
+            current = view.multiplier(Knob.LR, group)
+            # An isolated spike may be one bad batch: recover fully. A repeat means the
+            # learning rate itself is too high: recover only to a fraction of it.
+            state["ceilings"][group] = current * self.ceiling if repeated else current
+        # The loss window is kept: the snapshot restored is from that same stretch.
+        state.update(last_divergence=view.step, above_in_row=0, healthy_since=0)
+        kind = "repeated divergence" if repeated else "divergence"
+        proposals = [
+            Proposal(
+                policy=self.name,
+                reason=f"{kind}: {why}; rolling back to the last known-good state",
+                priority=Priority.SAFETY,
+                action=Action.ROLLBACK,
+                signals=evidence,
+            ),
+            Proposal(
+                policy=self.name,
+                reason=f"{kind}: {why}; cutting lr x{cut}",
+                priority=Priority.SAFETY,
+                knob=Knob.LR,
+                factor=cut,
+                signals=evidence,
+            ),
+        ]
+        return proposals, state
+
+    def _recover(self, view: PolicyView, state: PolicyState) -> list[Proposal]:
+        if state["healthy_since"] < self.recovery_every or not state["ceilings"]:
+            return []
+        if state["healthy_since"] % self.recovery_every:
+            return []
+        proposals = []
+        for group, ceiling in sorted(state["ceilings"].items()):
+            current = view.multiplier(Knob.LR, group)
+            if current >= ceiling * 0.999:
+                continue
+            target = min(current * self.recovery_factor, ceiling)
+            proposals.append(
+                Proposal(
+                    policy=self.name,
+                    reason=(
+                        f"{state['healthy_since']} healthy steps since the last divergence; "
+                        f"raising lr multiplier {current:.3g} -> {target:.3g} "
+                        f"(recovery ceiling {ceiling:.3g})"
+                    ),
+                    priority=Priority.RECOVERY,
+                    knob=Knob.LR,
+                    group=group,
+                    target=target,
+                    signals={"healthy_steps": float(state["healthy_since"])},
+                )
+            )
+        return proposals
+
+
+def _plain(value: float | None) -> float:
+    return float("nan") if value is None else value

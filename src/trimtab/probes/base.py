@@ -1,0 +1,93 @@
+"""The probe contract: what a probe measures, how often, and what it costs.
+
+A probe turns the live training state into 0-dim tensors on the training device. It
+never calls ``.item()``: the controller gathers every due reading and moves them to the
+host in one transfer, so a probe on a GPU adds no synchronisation of its own.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+
+class Cost(str, enum.Enum):
+    """Rough price of one measurement, used by presets and the cost table."""
+
+    FREE = "free"  # reads a value the loop already computed
+    CHEAP = "cheap"  # one pass of fused reductions over the gradients
+    MODERATE = "moderate"  # copies or extra reductions over parameters
+    EXPENSIVE = "expensive"  # extra forward/backward passes
+
+
+@dataclass(frozen=True)
+class GroupView:
+    """A parameter group as probes see it: its name and its trainable tensors."""
+
+    name: str
+    params: tuple[torch.Tensor, ...]
+
+
+@dataclass
+class StepContext:
+    """Everything a probe may read at one optimizer step.
+
+    ``grad_norms()`` is computed once per step and shared, so several probes that need
+    gradient norms pay for one reduction.
+    """
+
+    step: int
+    loss: torch.Tensor | None
+    groups: Sequence[GroupView]
+    _grad_norms: dict[str, torch.Tensor] | None = field(default=None, repr=False)
+
+    def grad_norms(self) -> dict[str, torch.Tensor]:
+        """L2 norm of the gradients of each group (0-dim tensors; no host sync)."""
+        if self._grad_norms is None:
+            norms: dict[str, torch.Tensor] = {}
+            for group in self.groups:
+                grads = [p.grad for p in group.params if p.grad is not None]
+                if grads:
+                    per_tensor = torch._foreach_norm(grads)
+                    norms[group.name] = torch.linalg.vector_norm(torch.stack(per_tensor))
+            self._grad_norms = norms
+        return self._grad_norms
+
+
+class Probe:
+    """Base class: override ``before_step`` and/or ``after_step``.
+
+    Attributes:
+        name: prefix of every signal this probe emits (``"<name>/<quantity>"``).
+        every: cadence in optimizer steps (1 = every step).
+        cost: what one measurement costs.
+    """
+
+    name: str = "probe"
+    cost: Cost = Cost.CHEAP
+
+    def __init__(self, *, every: int = 1) -> None:
+        from trimtab import _checks
+
+        self.every = _checks.count(f"{self.name} probe cadence 'every'", every)
+
+    def due(self, step: int) -> bool:
+        return step % self.every == 0
+
+    def signals(self, groups: Sequence[str]) -> tuple[str, ...]:
+        """Names of the signals this probe emits for these group names."""
+        raise NotImplementedError
+
+    def before_step(self, ctx: StepContext) -> dict[str, torch.Tensor]:
+        """Measure after backward, before the optimizer updates the weights."""
+        return {}
+
+    def after_step(self, ctx: StepContext) -> dict[str, torch.Tensor]:
+        """Measure after the update (only called on steps that were applied)."""
+        return {}
+
+    def settings(self) -> dict[str, object]:
+        return {"every": self.every, "cost": self.cost.value}

@@ -1,0 +1,67 @@
+"""The first record of every log: what ran, so a log can be read without the script."""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from trimtab.actuator import GroupHandle
+from trimtab.arbiter import ArbiterConfig
+from trimtab.policies import Policy
+from trimtab.probes import Probe
+
+
+def _plain(value: Any) -> Any:
+    """Hyperparameters as JSON-ready values (tensors become floats, tuples lists)."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return float(value.item())
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    return repr(value)
+
+
+def describe_run(
+    model: torch.nn.Module,
+    optimizers: Sequence[torch.optim.Optimizer],
+    handles: Sequence[GroupHandle],
+    probes: Sequence[Probe],
+    policies: Sequence[Policy],
+    arbiter: ArbiterConfig,
+    *,
+    total_steps: int | None,
+) -> dict[str, Any]:
+    from trimtab import __version__
+
+    params = list(model.parameters())
+    groups = []
+    for handle in handles:
+        group = handle.group
+        groups.append(
+            {
+                "name": handle.name,
+                "optimizer": type(handle.optimizer).__name__,
+                "params": sum(p.numel() for p in group["params"]),
+                "hyperparameters": {k: _plain(v) for k, v in group.items() if k != "params"},
+            }
+        )
+    return {
+        "trimtab": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "model": {
+            "class": type(model).__name__,
+            "parameters": sum(p.numel() for p in params),
+            "trainable": sum(p.numel() for p in params if p.requires_grad),
+        },
+        "optimizers": [type(o).__name__ for o in optimizers],
+        "groups": groups,
+        "total_steps": total_steps,
+        "probes": [{"name": p.name, **p.settings()} for p in probes],
+        "policies": [{"name": p.name, "settings": p.settings()} for p in policies],
+        "arbiter": arbiter.as_dict(),
+    }

@@ -1,0 +1,144 @@
+"""Closed vocabulary shared by every component: knobs, priorities, proposals, events.
+
+Messages between components are frozen dataclasses so a policy cannot mutate what the
+arbiter later reads, and enums keep the set of knobs and outcomes closed.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class Knob(str, enum.Enum):
+    """A hyperparameter trimtab may adjust, spelled as its ``param_groups`` key."""
+
+    LR = "lr"
+    MOMENTUM = "momentum"
+    WEIGHT_DECAY = "weight_decay"
+    MAX_GRAD_NORM = "max_grad_norm"
+
+
+class Priority(int, enum.Enum):
+    """Who wins when proposals conflict: a lower value is more urgent."""
+
+    SAFETY = 0
+    STABILITY = 1
+    REGULARIZATION = 2
+    SCHEDULE = 3
+    RECOVERY = 4
+    SPEED = 5
+
+
+class Outcome(str, enum.Enum):
+    """What ``Regime.step()`` did with the current gradients."""
+
+    STEPPED = "stepped"
+    SKIPPED = "skipped"
+    ROLLED_BACK = "rolled_back"
+    ACCUMULATING = "accumulating"
+
+
+class Action(str, enum.Enum):
+    """A proposal's effect beyond a knob change."""
+
+    ADJUST = "adjust"
+    SKIP = "skip"
+    ROLLBACK = "rollback"
+    STOP = "stop"
+
+
+class EventKind(str, enum.Enum):
+    """Kinds of audit-trail entries."""
+
+    CHANGE = "change"
+    SKIP = "skip"
+    ROLLBACK = "rollback"
+    STOP = "stop"
+    BASE = "base"
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """A policy's request: move ``knob`` of ``group`` by ``factor`` (or act), and why.
+
+    ``factor`` multiplies the knob's adaptive multiplier; ``target`` instead asks for an
+    absolute multiplier. ``group=None`` means every group.
+    """
+
+    policy: str
+    reason: str
+    priority: Priority
+    action: Action = Action.ADJUST
+    knob: Knob | None = None
+    group: str | None = None
+    factor: float | None = None
+    target: float | None = None
+    signals: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A proposal the arbiter accepted, with the multiplier it will hold afterwards."""
+
+    proposal: Proposal
+    group: str | None
+    old: float | None
+    new: float | None
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A proposal the arbiter refused, kept so the audit trail explains silence too."""
+
+    proposal: Proposal
+    why: str
+
+
+@dataclass(frozen=True)
+class Event:
+    """One entry of the audit trail.
+
+    For a knob change ``old``/``new`` are effective hyperparameter values as the
+    optimizer sees them; skips, rollbacks and stops carry ``knob=None``.
+    """
+
+    step: int
+    knob: str | None
+    group: str | None
+    old: float | None
+    new: float | None
+    policy: str
+    reason: str
+    kind: EventKind = EventKind.CHANGE
+    signals: Mapping[str, float] = field(default_factory=dict)
+
+    def to_record(self) -> dict[str, Any]:
+        """Plain-data form used by the JSONL log and ``state_dict``."""
+        return {
+            "step": self.step,
+            "kind": self.kind.value,
+            "knob": self.knob,
+            "group": self.group,
+            "old": self.old,
+            "new": self.new,
+            "policy": self.policy,
+            "reason": self.reason,
+            "signals": dict(self.signals),
+        }
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> Event:
+        return cls(
+            step=int(record["step"]),
+            knob=record.get("knob"),
+            group=record.get("group"),
+            old=record.get("old"),
+            new=record.get("new"),
+            policy=str(record["policy"]),
+            reason=str(record["reason"]),
+            kind=EventKind(record.get("kind", EventKind.CHANGE.value)),
+            signals=dict(record.get("signals", {})),
+        )

@@ -1,0 +1,148 @@
+import math
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from trimtab.arbiter import DEFAULT_BOUNDS, DEFAULT_RATE_LIMITS, Arbiter, ArbiterConfig
+from trimtab.errors import ConfigError
+from trimtab.types import Action, Knob, Priority, Proposal
+
+GROUPS = ("g0", "head")
+
+proposal = st.builds(
+    Proposal,
+    policy=st.sampled_from(["a", "b", "c"]),
+    reason=st.just("test"),
+    priority=st.sampled_from(list(Priority)),
+    knob=st.sampled_from([Knob.LR, Knob.MOMENTUM]),
+    group=st.sampled_from([None, *GROUPS]),
+    factor=st.floats(1e-4, 1e4),
+)
+schedule = st.lists(st.lists(proposal, max_size=4), min_size=1, max_size=60)
+
+
+def run(steps):
+    arbiter = Arbiter()
+    multipliers = {}
+    history = []
+    for step, proposals in enumerate(steps):
+        decisions, _ = arbiter.arbitrate(
+            proposals, step=step, groups=GROUPS, multipliers=multipliers
+        )
+        for d in decisions:
+            multipliers[(d.proposal.knob, d.group)] = d.new
+            history.append((step, d))
+    return multipliers, history
+
+
+@given(schedule)
+def test_multipliers_never_leave_their_bounds(steps):
+    multipliers, _ = run(steps)
+    for (knob, _), value in multipliers.items():
+        low, high = DEFAULT_BOUNDS[knob]
+        assert low <= value <= high
+
+
+@given(schedule)
+def test_no_decision_exceeds_its_priority_rate_limit(steps):
+    _, history = run(steps)
+    for _, d in history:
+        low, high = DEFAULT_RATE_LIMITS[d.proposal.priority]
+        ratio = d.new / d.old
+        assert low * (1 - 1e-9) <= ratio <= high * (1 + 1e-9)
+
+
+@given(schedule)
+def test_non_safety_changes_wait_out_the_cooldown(steps):
+    _, history = run(steps)
+    last = {}
+    for step, d in history:
+        slot = (d.proposal.knob, d.group)
+        if slot in last and d.proposal.priority is not Priority.SAFETY:
+            assert step - last[slot] >= ArbiterConfig().cooldown
+        last[slot] = step
+
+
+@given(schedule)
+def test_decisions_are_a_pure_function_of_the_inputs(steps):
+    first = [(s, d.group, d.new) for s, d in run(steps)[1]]
+    second = [(s, d.group, d.new) for s, d in run(steps)[1]]
+    assert first == second
+
+
+def test_most_urgent_priority_wins_and_the_loser_is_recorded():
+    arbiter = Arbiter()
+    speed = Proposal("fast", "go", Priority.SPEED, knob=Knob.LR, group="g0", factor=2.0)
+    safety = Proposal("safe", "stop", Priority.SAFETY, knob=Knob.LR, group="g0", factor=0.5)
+    decisions, rejections = arbiter.arbitrate(
+        [speed, safety], step=0, groups=GROUPS, multipliers={}
+    )
+    assert [d.proposal.policy for d in decisions] == ["safe"]
+    assert decisions[0].new == pytest.approx(0.5)
+    assert "superseded by safe" in rejections[0].why
+
+
+def test_group_none_means_every_group():
+    decisions, _ = Arbiter().arbitrate(
+        [Proposal("p", "r", Priority.SCHEDULE, knob=Knob.LR, factor=0.5)],
+        step=0,
+        groups=GROUPS,
+        multipliers={},
+    )
+    assert sorted(d.group for d in decisions) == sorted(GROUPS)
+
+
+def test_tiny_changes_are_dropped_and_reversals_need_urgency():
+    arbiter = Arbiter()
+    tiny = Proposal("p", "r", Priority.SPEED, knob=Knob.LR, group="g0", factor=1.001)
+    decisions, rejections = arbiter.arbitrate([tiny], step=0, groups=GROUPS, multipliers={})
+    assert not decisions and "epsilon" in rejections[0].why
+
+    cut = Proposal("plateau", "r", Priority.SCHEDULE, knob=Knob.LR, group="g0", factor=0.5)
+    (d,), _ = arbiter.arbitrate([cut], step=0, groups=GROUPS, multipliers={})
+    up = Proposal("speed", "r", Priority.SPEED, knob=Knob.LR, group="g0", factor=2.0)
+    mult = {(Knob.LR, "g0"): d.new}
+    decisions, rejections = arbiter.arbitrate([up], step=20, groups=GROUPS, multipliers=mult)
+    assert not decisions and "reversal" in rejections[0].why
+    decisions, _ = arbiter.arbitrate([up], step=80, groups=GROUPS, multipliers=mult)
+    assert decisions and decisions[0].new == pytest.approx(1.0)
+
+
+def test_actions_pass_through_and_bad_targets_are_refused():
+    arbiter = Arbiter()
+    skip = Proposal("g", "nan", Priority.SAFETY, action=Action.SKIP)
+    nan = Proposal("p", "r", Priority.SPEED, knob=Knob.LR, group="g0", target=math.nan)
+    unknown = Proposal("p", "r", Priority.SPEED, knob=Knob.LR, group="body", factor=2.0)
+    decisions, rejections = arbiter.arbitrate(
+        [skip, nan, unknown], step=0, groups=GROUPS, multipliers={}
+    )
+    assert [d.proposal.action for d in decisions] == [Action.SKIP]
+    assert {"unknown group 'body'"} <= {r.why for r in rejections}
+    assert any("non-finite" in r.why for r in rejections)
+
+
+def test_state_round_trip_keeps_cooldowns():
+    arbiter = Arbiter()
+    cut = Proposal("p", "r", Priority.SCHEDULE, knob=Knob.LR, group="g0", factor=0.5)
+    arbiter.arbitrate([cut], step=5, groups=GROUPS, multipliers={})
+    restored = Arbiter()
+    restored.load_state_dict(arbiter.state_dict())
+    decisions, rejections = restored.arbitrate(
+        [cut], step=6, groups=GROUPS, multipliers={(Knob.LR, "g0"): 0.5}
+    )
+    assert not decisions and "cooling down" in rejections[0].why
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"cooldown": -1}, "cooldown"),
+        ({"epsilon": math.nan}, "epsilon must be finite"),
+        ({"bounds": {Knob.LR: (2.0, 3.0)}}, "must contain 1.0"),
+        ({"rate_limits": {Priority.SPEED: (1.5, 2.0)}}, "must bracket 1.0"),
+    ],
+)
+def test_config_rejects_bad_values_with_the_value_in_the_message(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        ArbiterConfig(**kwargs)
