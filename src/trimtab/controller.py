@@ -8,7 +8,7 @@ loops; framework integrations call it from their pre-optimizer-step hook.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -18,7 +18,7 @@ from trimtab.actuator import Actuator, GroupHandle
 from trimtab.arbiter import Arbiter, ArbiterConfig
 from trimtab.errors import StateError
 from trimtab.guard import Guard
-from trimtab.log import EventLog
+from trimtab.log import EventLog, Sink
 from trimtab.policies import Policy, PolicyView
 from trimtab.probes import GroupView, Probe, StepContext
 from trimtab.run_header import describe_run
@@ -39,7 +39,8 @@ class Controller:
         policies: instantiated policies, asked in order.
         total_steps: planned number of optimizer steps (``None``: open-ended).
         arbiter: limits for knob changes.
-        log: JSONL path for the audit trail, or ``None``.
+        log: the JSONL audit trail (``EventLog(None)`` keeps nothing on disk).
+        sinks: further receivers of every log record (TensorBoard, MLflow, ...).
         log_every: cadence of signal snapshots in the log.
         snapshot_every: cadence of known-good snapshots.
     """
@@ -55,6 +56,7 @@ class Controller:
         total_steps: int | None,
         arbiter: ArbiterConfig | None = None,
         log: EventLog | None = None,
+        sinks: Sequence[Sink] = (),
         log_every: int = 10,
         snapshot_every: int = 25,
     ) -> None:
@@ -73,7 +75,7 @@ class Controller:
         self.arbiter = Arbiter(arbiter)
         self.signals = Signals()
         self.guard = Guard(model, self.optimizers, every=snapshot_every)
-        self.log = log or EventLog(None)
+        self.sinks: tuple[Sink, ...] = (log or EventLog(None), *sinks)
         self.step = 0
         self.attempts = 0
         self.stop_requested = False
@@ -84,26 +86,47 @@ class Controller:
         self._last_incident = -(10**9)
         self._pending: dict[str, torch.Tensor] = {}
         self._ctx: StepContext | None = None
-        self.log.start(
-            describe_run(
-                model,
-                self.optimizers,
-                self.handles,
-                self.probes,
-                self.policies,
-                self.arbiter.config,
-                total_steps=total_steps,
-            )
+        header = describe_run(
+            model,
+            self.optimizers,
+            self.handles,
+            self.probes,
+            self.policies,
+            self.arbiter.config,
+            total_steps=total_steps,
         )
+        for sink in self.sinks:
+            sink.start(header)
+        for probe in self.probes:
+            probe.attach(model)
         self.guard.take(self.step)
 
     # -- the step ----------------------------------------------------------------------
-    def before_step(self, loss: torch.Tensor | None) -> Outcome:
-        """Measure, decide and write knobs. Syncs host and device once (one transfer)."""
+    def before_step(
+        self,
+        loss: torch.Tensor | None,
+        *,
+        closure: Callable[[], torch.Tensor] | None = None,
+        micro_grad_sq_norms: Sequence[torch.Tensor] = (),
+        micro_batch_size: int | None = None,
+    ) -> Outcome:
+        """Measure, decide and write knobs. Syncs host and device once (one transfer).
+
+        ``closure`` recomputes the loss on this batch for probes that need extra passes;
+        ``micro_grad_sq_norms`` carries per-micro-batch gradient norms when accumulating.
+        """
         if self._ctx is not None:
             raise RuntimeError("before_step called twice without after_step")
         groups = [GroupView(h.name, _trainable(h)) for h in self.handles]
-        ctx = StepContext(step=self.step, loss=loss, groups=groups)
+        ctx = StepContext(
+            step=self.step,
+            loss=loss,
+            groups=groups,
+            model=self.model,
+            closure=closure,
+            micro_grad_sq_norms=tuple(micro_grad_sq_norms),
+            micro_batch_size=micro_batch_size,
+        )
         readings = dict(self._pending)
         self._pending = {}
         for probe in self.probes:
@@ -154,7 +177,27 @@ class Controller:
 
     def observe(self, metrics: Mapping[str, float]) -> None:
         self.signals.observe(self.step, metrics)
-        self.log.write("observe", {"step": self.step, "metrics": dict(metrics)})
+        # Whether the model was left in training mode while it was evaluated (dropout or
+        # batch norm active during validation) is a common, silent mistake worth logging.
+        self._write(
+            "observe",
+            {
+                "step": self.step,
+                "metrics": dict(metrics),
+                "model_training": self.model.training,
+            },
+        )
+
+    def close(self) -> None:
+        """Remove probe hooks and close every sink. Safe to call twice."""
+        for probe in self.probes:
+            probe.detach()
+        for sink in self.sinks:
+            sink.close()
+
+    def _write(self, kind: str, payload: Mapping[str, Any]) -> None:
+        for sink in self.sinks:
+            sink.write(kind, payload)
 
     # -- effects -----------------------------------------------------------------------
     def _enact(self, decisions: Sequence[Decision]) -> Outcome:
@@ -209,7 +252,7 @@ class Controller:
 
     def _record(self, event: Event) -> None:
         self.events.append(event)
-        self.log.write("event", event.to_record())
+        self._write("event", event.to_record())
 
     def effective(self) -> dict[str, float]:
         """Effective value of every knob as ``"knob/group"`` (base x multiplier)."""
@@ -219,7 +262,7 @@ class Controller:
         }
 
     def _log_signals(self) -> None:
-        self.log.write(
+        self._write(
             "signals",
             {
                 "step": self.step,
@@ -270,7 +313,7 @@ class Controller:
         self.guard.load_state_dict(state["guard"])
         self.events = [Event.from_record(r) for r in state["events"]]
         self._pending = dict(state["pending"])
-        self.log.write("resume", {"step": self.step})
+        self._write("resume", {"step": self.step})
 
 
 def _trainable(handle: GroupHandle) -> tuple[torch.Tensor, ...]:

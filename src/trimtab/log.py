@@ -18,7 +18,7 @@ import math
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 SCHEMA_VERSION = 1
 _NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
@@ -42,6 +42,20 @@ def _decode(value: Any) -> Any:
     if isinstance(value, list):
         return [_decode(v) for v in value]
     return value
+
+
+class Sink(Protocol):
+    """Anything that receives the audit trail: the JSONL log, TensorBoard, MLflow, ...
+
+    ``start`` gets the ``run`` header once, ``write`` every later record (the same
+    ``kind``/payload pairs the JSONL file holds), ``close`` is called at the end.
+    """
+
+    def start(self, header: Mapping[str, Any]) -> None: ...
+
+    def write(self, kind: str, payload: Mapping[str, Any]) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class EventLog:
@@ -69,6 +83,9 @@ class EventLog:
         line = json.dumps({"type": kind, **_encode(payload)}, allow_nan=False)
         with self.path.open("a", encoding="utf-8") as handle:
             handle.write(line + "\n")
+
+    def close(self) -> None:
+        """Nothing to release: every write closes the file."""
 
 
 def read_log(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:

@@ -14,7 +14,7 @@ the call order straight and adds checkpointing of model and optimizers.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -24,7 +24,7 @@ from trimtab.actuator import GroupHandle
 from trimtab.arbiter import ArbiterConfig
 from trimtab.controller import Controller
 from trimtab.errors import CallOrderError, ConfigError, ConfigTypeError, StateError
-from trimtab.log import EventLog
+from trimtab.log import EventLog, Sink
 from trimtab.policies import DEFAULT_POLICIES, POLICIES, Policy
 from trimtab.probes import DEFAULT_PROBES, PROBES, Probe
 from trimtab.types import Event, Outcome
@@ -45,6 +45,7 @@ class Regime:
         log_every: steps between signal snapshots in the log.
         snapshot_every: steps between known-good snapshots (kept on the CPU).
         arbiter: bounds, rate limits and cooldowns for knob changes.
+        reporters: extra receivers of the audit trail (see ``trimtab.log.Sink``).
 
     Example:
         >>> model = torch.nn.Linear(4, 1)
@@ -67,6 +68,7 @@ class Regime:
         log_every: int = 10,
         snapshot_every: int = 25,
         arbiter: ArbiterConfig | None = None,
+        reporters: Sequence[Sink] = (),
     ) -> None:
         if not isinstance(model, torch.nn.Module):
             raise ConfigTypeError(
@@ -131,15 +133,19 @@ class Regime:
         loss.backward()
         self._loss = loss.detach().reshape(())
 
-    def step(self) -> Outcome:
+    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> Outcome:
         """Measure, decide, then step, skip or roll back; always clears the gradients.
+
+        Args:
+            closure: optional function that recomputes the loss on the current batch;
+                only expensive probes (e.g. curvature) call it, on their cadence.
 
         Syncs host and device once per call (all due signals in one transfer).
         """
         if self._loss is None:
             raise CallOrderError("step() needs a loss: call regime.backward(loss) first")
         loss, self._loss = self._loss, None
-        outcome = self._controller.before_step(loss)
+        outcome = self._controller.before_step(loss, closure=closure)
         try:
             if outcome is Outcome.STEPPED:
                 for optimizer in self.optimizers:
@@ -169,6 +175,16 @@ class Regime:
                 )
             clean[name] = float(value)
         self._controller.observe(clean)
+
+    def close(self) -> None:
+        """Remove probe hooks and close reporters (the JSONL log needs no closing)."""
+        self._controller.close()
+
+    def __enter__(self) -> Regime:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # -- what happened -----------------------------------------------------------------
     @property

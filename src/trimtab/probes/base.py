@@ -8,7 +8,7 @@ host in one transfer, so a probe on a GPU adds no synchronisation of its own.
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -42,6 +42,14 @@ class StepContext:
     step: int
     loss: torch.Tensor | None
     groups: Sequence[GroupView]
+    model: torch.nn.Module | None = None
+    # Recomputes the loss on this step's batch (for probes that need extra passes, such
+    # as Hessian-vector products); None when the loop did not pass one to step().
+    closure: Callable[[], torch.Tensor] | None = None
+    # With gradient accumulation: the squared L2 norm of each micro-batch's own gradient
+    # and the micro-batch size in samples (None when unknown), for noise-scale estimates.
+    micro_grad_sq_norms: tuple[torch.Tensor, ...] = ()
+    micro_batch_size: int | None = None
     _grad_norms: dict[str, torch.Tensor] | None = field(default=None, repr=False)
 
     def grad_norms(self) -> dict[str, torch.Tensor]:
@@ -73,6 +81,12 @@ class Probe:
         from trimtab import _checks
 
         self.every = _checks.count(f"{self.name} probe cadence 'every'", every)
+
+    def attach(self, model: torch.nn.Module) -> None:
+        """Called once when the controller is built (e.g. to register forward hooks)."""
+
+    def detach(self) -> None:
+        """Called by ``Controller.close()``: remove hooks, free buffers."""
 
     def due(self, step: int) -> bool:
         return step % self.every == 0
