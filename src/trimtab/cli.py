@@ -1,4 +1,4 @@
-"""The ``trimtab`` command line: ``trimtab demo`` (more subcommands arrive with reports)."""
+"""The ``trimtab`` command line: ``trimtab demo``, ``trimtab report``, ``trimtab doctor``."""
 
 from __future__ import annotations
 
@@ -57,6 +57,18 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from trimtab.report.cli import report
+
+    return report(args)
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from trimtab.report.cli import doctor
+
+    return doctor(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="trimtab",
@@ -74,7 +86,40 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0, help="random seed (0)")
     demo.add_argument("--out", default="runs/demo", help="folder for the JSONL logs")
     demo.set_defaults(func=_demo)
+    _add_report_commands(sub)
     return parser
+
+
+def _add_report_commands(sub: argparse._SubParsersAction) -> None:
+    report = sub.add_parser(
+        "report",
+        help="write an HTML dashboard of one or more run logs",
+        description="Reads trimtab JSONL logs (written with Regime(..., log='run.jsonl')) and "
+        "writes one self-contained HTML file: loss and validation metrics, every knob per "
+        "group, gradient norms, update ratios and other signals, every event as a marker "
+        "(hover for its reason), an events table and the recipe note. Several logs are "
+        "overlaid for comparison. Opens offline in any browser. Needs plotly: "
+        "pip install 'trimtab[report]'.",
+        epilog="example: trimtab report runs/a.jsonl runs/b.jsonl -o report.html",
+    )
+    report.add_argument("logs", nargs="+", metavar="RUN.jsonl", help="run logs to show")
+    report.add_argument("-o", "--out", default="report.html", help="output file (report.html)")
+    report.set_defaults(func=_report)
+    doctor = sub.add_parser(
+        "doctor",
+        help="diagnose a run: the main symptom, its evidence, set-up lints",
+        description="Reads a trimtab JSONL log and names the run's main symptom (loss "
+        "diverging, memorization, slow training, backbone drift, dead or saturated units, a "
+        "mid-run data shift) with the signal values behind it, then lints the set-up (Adam "
+        "with L2 decay, decay on norms and biases, fp16 without loss scaling, evaluation in "
+        "training mode, no warmup, clipping on every step). Exit status: 0 healthy, 1 a "
+        "finding, 2 an unreadable log.",
+        epilog="example: trimtab doctor runs/a.jsonl --note runs/a.md",
+    )
+    doctor.add_argument("log", metavar="RUN.jsonl", help="the run log to diagnose")
+    doctor.add_argument("--json", action="store_true", help="print the diagnosis as JSON")
+    doctor.add_argument("--note", metavar="NOTE.md", help="also write the Markdown recipe note")
+    doctor.set_defaults(func=_doctor)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

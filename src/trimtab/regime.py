@@ -103,6 +103,7 @@ class Regime:
             total_steps=total_steps,
             arbiter=arbiter,
             log=EventLog(log),
+            sinks=tuple(reporters),
             log_every=log_every,
             snapshot_every=snapshot_every,
         )

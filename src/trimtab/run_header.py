@@ -46,6 +46,9 @@ def describe_run(
                 "name": handle.name,
                 "optimizer": type(handle.optimizer).__name__,
                 "params": sum(p.numel() for p in group["params"]),
+                # 1-D tensors are norm scales and biases: decaying them is usually a
+                # mistake, and the doctor lints it from this count.
+                "tensors_1d": sum(1 for p in group["params"] if p.dim() <= 1),
                 "hyperparameters": {k: _plain(v) for k, v in group.items() if k != "params"},
             }
         )
@@ -57,6 +60,8 @@ def describe_run(
             "class": type(model).__name__,
             "parameters": sum(p.numel() for p in params),
             "trainable": sum(p.numel() for p in params if p.requires_grad),
+            "dtypes": _dtypes(params),
+            "modules": _module_counts(model),
         },
         "optimizers": [type(o).__name__ for o in optimizers],
         "groups": groups,
@@ -65,3 +70,21 @@ def describe_run(
         "policies": [{"name": p.name, "settings": p.settings()} for p in policies],
         "arbiter": arbiter.as_dict(),
     }
+
+
+def _dtypes(params: Sequence[torch.Tensor]) -> dict[str, int]:
+    """Parameter count per dtype (``{"float32": 1234}``): shows fp16 weights."""
+    counts: dict[str, int] = {}
+    for p in params:
+        key = str(p.dtype).removeprefix("torch.")
+        counts[key] = counts.get(key, 0) + p.numel()
+    return counts
+
+
+def _module_counts(model: torch.nn.Module) -> dict[str, int]:
+    """How many modules of each class the model holds (dropout, norms, attention...)."""
+    counts: dict[str, int] = {}
+    for module in model.modules():
+        name = type(module).__name__
+        counts[name] = counts.get(name, 0) + 1
+    return counts

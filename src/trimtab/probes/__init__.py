@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
+from trimtab.probes.activations import ActivationsProbe
 from trimtab.probes.base import Cost, GroupView, Probe, StepContext
 from trimtab.probes.grad_norm import GradNormProbe
 from trimtab.probes.loss import LossProbe
@@ -16,6 +17,7 @@ PROBES = MappingProxyType(
         GradNormProbe.name: GradNormProbe,
         NonFiniteProbe.name: NonFiniteProbe,
         UpdateRatioProbe.name: UpdateRatioProbe,
+        ActivationsProbe.name: ActivationsProbe,
     }
 )
 DEFAULT_PROBES = ("loss", "grad_norm", "nonfinite", "update_ratio")
@@ -23,6 +25,7 @@ DEFAULT_PROBES = ("loss", "grad_norm", "nonfinite", "update_ratio")
 __all__ = [
     "DEFAULT_PROBES",
     "PROBES",
+    "ActivationsProbe",
     "Cost",
     "GradNormProbe",
     "GroupView",
