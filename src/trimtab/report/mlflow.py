@@ -17,9 +17,10 @@ class MLflowReporter:
     (a running count). A ``trimtab.log.Sink``. Needs ``pip install 'trimtab[mlflow]'``.
 
     Args:
-        tracking_uri: where MLflow stores runs (e.g. ``"file:./mlruns"``; recent MLflow
-            versions only accept a local file store when the environment variable
-            ``MLFLOW_ALLOW_FILE_STORE=true`` is set, or use ``"sqlite:///mlflow.db"``).
+        tracking_uri: where MLflow stores runs: ``"file:./mlruns"`` (recent MLflow opens a
+            local file store only with ``MLFLOW_ALLOW_FILE_STORE=true`` in the
+            environment), an ``http://`` tracking server, or ``"sqlite:///mlflow.db"``
+            (needs full ``mlflow``, not mlflow-skinny).
         experiment: experiment name, created if missing.
         run_name: the MLflow run's name.
     """

@@ -314,6 +314,13 @@ def too_blunt(run: RunLog) -> Finding | None:
     if ratios:
         values["update_ratio"] = step_size
         detail = f"; median update_ratio {fmt(step_size)} per step"
+    advice = (
+        "raise the learning rate (try 3-10x) or use a better schedule/optimizer"
+        if not ratios or step_size < SMALL_UPDATE
+        else "the steps are not small: check the schedule, the optimizer and the data"
+    )
+    if not any(key.startswith("activations/") for key in run.signals):
+        advice += "; add the 'activations' probe to rule out dead or saturated units"
     return Finding(
         code="too_blunt",
         kind=Kind.SYMPTOM,
@@ -322,11 +329,7 @@ def too_blunt(run: RunLog) -> Finding | None:
             f"loss/train went from {fmt(start)} to {fmt(end)} over {losses[-1][0]} steps "
             f"({-progress * 100:+.0f} %){detail}"
         ),
-        advice=(
-            "raise the learning rate (try 3-10x) or use a better schedule/optimizer"
-            if not ratios or step_size < SMALL_UPDATE
-            else "the steps are not small: check the schedule, the optimizer and the data"
-        ),
+        advice=advice,
         values=values,
     )
 
