@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import re
 import shutil
 import subprocess
@@ -35,7 +36,10 @@ def test_page_is_self_contained_with_notes_events_and_both_runs(page):
     assert {"adaptive: loss/train", "calm: loss/train", "adaptive: lr/g0"} <= names
     markers = next(t for t in build_figure(runs).data if t.name == "adaptive: events")
     assert list(markers.x) == [e["step"] for e in runs[0].events]
-    assert all(e["reason"] in h for e, h in zip(runs[0].events, markers.hovertext, strict=True))
+    texts = [html.unescape(h) for h in markers.hovertext]
+    assert all(e["reason"] in h for e, h in zip(runs[0].events, texts, strict=True))
+    changes = next(t for t in build_figure(runs).data if t.name == "adaptive: knob changes")
+    assert list(changes.y) == [e["new"] for e in runs[0].events if e["kind"] == "change"]
 
 
 def test_missing_plotly_names_the_extra(monkeypatch, tmp_path, page):

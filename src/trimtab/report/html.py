@@ -10,6 +10,7 @@ note of the first run and an events table sit above and below the charts.
 from __future__ import annotations
 
 import html
+import math
 import os
 import re
 from collections.abc import Sequence
@@ -106,26 +107,31 @@ def build_figure(runs: Sequence[RunLog]):
                 "dash" if "threshold" in name else _DASHES[i % len(_DASHES)],
             )
         if run.events:
-            steps = [int(e["step"]) for e in run.events]
-            fig.add_trace(
-                go.Scatter(
-                    x=steps,
-                    y=[_loss_at(run, s) for s in steps],
+            # Every event on the loss curve; knob changes also on the knob they moved.
+            changes = [e for e in run.events if e.get("knob") and _number(e.get("new"))]
+            for key, events, ys in (
+                ("loss", run.events, [_loss_at(run, int(e["step"])) for e in run.events]),
+                ("knobs", changes, [float(e["new"]) for e in changes]),
+            ):
+                if not events:
+                    continue
+                marker = {
+                    "color": color,
+                    "size": 11,
+                    "line": {"width": 1, "color": "black"},
+                    "symbol": [_EVENT_SYMBOLS.get(e.get("kind"), "circle") for e in events],
+                }
+                trace = go.Scatter(
+                    x=[int(e["step"]) for e in events],
+                    y=ys,
                     mode="markers",
-                    name=f"{label}events",
+                    name=f"{label}events" if key == "loss" else f"{label}knob changes",
                     legendgroup=run.name,
-                    marker={
-                        "color": color,
-                        "size": 11,
-                        "line": {"width": 1, "color": "black"},
-                        "symbol": [_EVENT_SYMBOLS.get(e.get("kind"), "circle") for e in run.events],
-                    },
-                    hovertext=[_event_text(e) for e in run.events],
+                    marker=marker,
+                    hovertext=[_event_text(e) for e in events],
                     hoverinfo="text",
-                ),
-                row=rows["loss"],
-                col=1,
-            )
+                )
+                fig.add_trace(trace, row=rows[key], col=1)
     for key, _, log in _PANELS:
         if log:
             fig.update_yaxes(type="log", row=rows[key], col=1)
@@ -139,12 +145,18 @@ def build_figure(runs: Sequence[RunLog]):
     return fig
 
 
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
 def _event_text(event: dict) -> str:
-    what = event.get("kind", "change")
-    if event.get("knob"):
-        old, new = event.get("old"), event.get("new")
+    what = str(event.get("kind", "change"))
+    old, new = event.get("old"), event.get("new")
+    if event.get("knob") and _number(old) and _number(new):
         what = f"{event['knob']}/{event.get('group')} {old:.3g} → {new:.3g}"
-    return f"step {event['step']}: {what}<br>{event.get('policy')}: {event.get('reason')}"
+    # Plotly hover text understands a little HTML: escape what the policy wrote.
+    reason = html.escape(f"{event.get('policy')}: {event.get('reason')}")
+    return f"step {event['step']}: {html.escape(what)}<br>{reason}"
 
 
 def _markdown(text: str) -> str:
