@@ -1,10 +1,19 @@
 """Stability guard: skip non-finite steps, roll back on divergence, then ramp back up.
 
-Divergence is judged against the run's own recent loss distribution (median and a
-MAD-based scale), so the same settings work for a loss of 2.3 and a loss of 0.01.
-After a rollback the learning rate is cut and brought back gradually to a ceiling;
-repeated divergences ratchet that ceiling down, which is how a learning rate that is
-far too high is found and fixed without a sweep.
+A spike is judged against the run's own recent loss distribution (median and an
+upper-tail robust scale) and against the progress made since the start, so the same
+settings work for a loss of 2.3 and a loss of 0.01. All checks run before the update,
+so a flagged batch never reaches the weights:
+
+- one batch far above range is skipped (it may be a bad batch);
+- a second one in a row, or a sustained rise, means the weights are bad: roll back to
+  the last known-good snapshot and cut the learning rate;
+- right after a rollback the restored (good) weights are checked on the next batches:
+  if the loss is still high there, the data changed, and after a few skipped batches
+  the new level is accepted instead of rolling back in a loop;
+- after a rollback the learning rate is brought back gradually to a ceiling; repeated
+  divergences ratchet that ceiling down, which is how a learning rate that is far too
+  high is found and fixed without a sweep.
 """
 
 from __future__ import annotations
@@ -111,7 +120,9 @@ class StabilityGuard(Policy):
             "last_divergence": None,
             "ceilings": {},  # group -> LR multiplier that recovery returns to
             "healthy_since": 0,
-            "sustained_at": None,  # step of a rollback caused by a sustained rise
+            "suspect": False,  # the previous batch was a spike (and was skipped)
+            "verifying": False,  # checking the first losses after a rollback
+            "shifted": [],  # high losses seen at the restored weights
         }
 
     def propose(self, view: PolicyView, state: PolicyState) -> tuple[list[Proposal], PolicyState]:
@@ -138,27 +149,35 @@ class StabilityGuard(Policy):
                 "z": z,
                 "progress_lost": min(lost, 1e9),
             }
-            if z > self.spike_z and lost > self.lost_fraction:
+            spike = z > self.spike_z and lost > self.lost_fraction
+            high = z > self.sustained_z and lost > self.lost_fraction / 2
+            if state["verifying"]:
+                verdict = self._verify(state, loss, flagged=spike or high, evidence=evidence)
+                if verdict is not None:
+                    return verdict, state
+            if spike:
                 why = (
                     f"loss {loss:.4g} is {z:.1f} robust sigmas above its recent median "
                     f"{centre:.4g} (scale {scale:.3g}, threshold {self.spike_z})"
-                    + (
-                        f" and undoes {lost:.0%} of the progress since the start"
-                        if progress > 0
-                        else ""
-                    )
                 )
-                return self._diverged(view, state, why, evidence)
-            high = z > self.sustained_z and lost > self.lost_fraction / 2
+                if progress > 0:
+                    why += f" and undoes {lost:.0%} of the progress since the start"
+                if state["suspect"]:
+                    return self._diverged(view, state, f"{why}, twice in a row", evidence)
+                # One high batch may be a bad batch, not bad weights: skip it and judge the
+                # next one. The update never reaches the weights either way.
+                state["suspect"] = True
+                skip = Proposal(
+                    policy=self.name,
+                    reason=f"{why}; step skipped (a second one in a row means roll back)",
+                    priority=Priority.SAFETY,
+                    action=Action.SKIP,
+                    signals=evidence,
+                )
+                return [skip], state
+            state["suspect"] = False
             state["above_in_row"] = state["above_in_row"] + 1 if high else 0
-            if state["above_in_row"] >= self.sustained_steps and state["sustained_at"] is not None:
-                # The level moved again right after a rollback for the same reason: the
-                # data changed, not the weights. Accept the new level instead of looping.
-                recent = state["losses"][-(self.sustained_steps - 1) :]
-                state.update(losses=[*recent, loss], above_in_row=0, sustained_at=None)
-                return [], state
             if state["above_in_row"] >= self.sustained_steps:
-                state["sustained_at"] = view.step
                 why = (
                     f"loss stayed above {self.sustained_z} robust sigmas of its median "
                     f"{centre:.4g} for {state['above_in_row']} steps (now {loss:.4g})"
@@ -178,8 +197,6 @@ class StabilityGuard(Policy):
             if len(state["start_losses"]) < 8:
                 state["start_losses"] = [*state["start_losses"], loss]
         state["healthy_since"] += 1
-        if state["sustained_at"] is not None and view.step - state["sustained_at"] > self.memory:
-            state["sustained_at"] = None
         proposals.extend(self._recover(view, state))
         return proposals, state
 
@@ -205,6 +222,38 @@ class StabilityGuard(Policy):
             signals=evidence,
         )
         return [skip], state
+
+    def _verify(
+        self, state: PolicyState, loss: float, *, flagged: bool, evidence: dict[str, float]
+    ) -> list[Proposal] | None:
+        """Judge the losses seen right after a rollback, at the restored weights.
+
+        Those weights were good, so a high loss now is about the data: a burst of bad
+        batches is skipped; if it lasts ``sustained_steps`` batches the data has changed,
+        and the new level is accepted instead of rolling back in a loop.
+        """
+        if not flagged:
+            state.update(verifying=False, shifted=[])
+            return None
+        shifted = [*state["shifted"], loss]
+        if len(shifted) >= self.sustained_steps:
+            state.update(losses=shifted, shifted=[], verifying=False, above_in_row=0)
+            return []
+        state["shifted"] = shifted
+        why = (
+            f"loss {loss:.4g} is still high at the restored known-good weights "
+            f"({len(shifted)} of {self.sustained_steps} batches): this batch looks unlike "
+            "recent data; step skipped"
+        )
+        return [
+            Proposal(
+                policy=self.name,
+                reason=why,
+                priority=Priority.SAFETY,
+                action=Action.SKIP,
+                signals=evidence,
+            )
+        ]
 
     def _grad_outlier(self, state: PolicyState, grad_norm: float) -> Proposal | None:
         history = state["log_grad_norms"]
@@ -241,7 +290,14 @@ class StabilityGuard(Policy):
             # learning rate itself is too high: recover only to a fraction of it.
             state["ceilings"][group] = current * self.ceiling if repeated else current
         # The loss window is kept: the snapshot restored is from that same stretch.
-        state.update(last_divergence=view.step, above_in_row=0, healthy_since=0)
+        state.update(
+            last_divergence=view.step,
+            suspect=False,
+            above_in_row=0,
+            healthy_since=0,
+            verifying=True,
+            shifted=[],
+        )
         kind = "repeated divergence" if repeated else "divergence"
         proposals = [
             Proposal(
