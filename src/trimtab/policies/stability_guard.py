@@ -6,8 +6,9 @@ settings work for a loss of 2.3 and a loss of 0.01. All checks run before the up
 so a flagged batch never reaches the weights:
 
 - one batch far above range is skipped (it may be a bad batch);
-- a second one in a row, or a sustained rise, means the weights are bad: roll back to
-  the last known-good snapshot and cut the learning rate;
+- if the next batch, at the same weights, is also well above range (a lower bar), or
+  the loss rises for a sustained stretch, the weights are bad: roll back to the last
+  known-good snapshot and cut the learning rate;
 - right after a rollback the restored (good) weights are checked on the next batches:
   if the loss is still high there, the data changed, and after a few skipped batches
   the new level is accepted instead of rolling back in a loop;
@@ -37,6 +38,8 @@ class StabilityGuard(Policy):
         grad_z: robust z-score (on log gradient norm) above which the step is skipped.
         rel_floor: smallest loss scale, as a fraction of the median, so a very quiet
             loss does not turn noise into spikes.
+        early_floor: the smallest scale while fewer than ``min_history`` losses are known.
+        min_history: losses needed before the window's own spread is trusted.
         lost_fraction: a spike must also undo at least this share of the progress made
             since the first steps (a sustained rise, half of it).
         window: number of recent losses that define the normal range.
@@ -62,6 +65,8 @@ class StabilityGuard(Policy):
         sustained_steps: int = 6,
         grad_z: float = 6.0,
         rel_floor: float = 0.1,
+        early_floor: float = 0.5,
+        min_history: int = 8,
         lost_fraction: float = 0.2,
         window: int = 64,
         max_skips: int = 3,
@@ -79,6 +84,8 @@ class StabilityGuard(Policy):
         self.sustained_steps = _checks.count("sustained_steps", sustained_steps, minimum=2)
         self.grad_z = _checks.positive("grad_z", grad_z)
         self.rel_floor = _checks.in_open_unit("rel_floor", rel_floor)
+        self.early_floor = _checks.positive("early_floor", early_floor)
+        self.min_history = _checks.count("min_history", min_history)
         self.lost_fraction = _checks.in_open_unit("lost_fraction", lost_fraction)
         self.window = _checks.count("window", window, minimum=4)
         self.max_skips = _checks.count("max_skips", max_skips)
@@ -98,6 +105,8 @@ class StabilityGuard(Policy):
             "sustained_steps",
             "grad_z",
             "rel_floor",
+            "early_floor",
+            "min_history",
             "lost_fraction",
             "window",
             "max_skips",
@@ -136,7 +145,10 @@ class StabilityGuard(Policy):
 
         if loss is not None and len(state["losses"]) >= 1:
             centre, sigma = stats.upper_range(state["losses"])
-            scale = max(sigma, self.rel_floor * abs(centre), 1e-12)
+            # Until the window holds min_history losses its spread is not known yet: only
+            # a loss several times the first ones counts (early_floor of the median).
+            floor = self.rel_floor if len(state["losses"]) >= self.min_history else self.early_floor
+            scale = max(sigma, floor * abs(centre), 1e-12)
             z = (loss - centre) / scale
             # Progress made since the start: a spike must also undo a real share of it,
             # so a batch at 0.05 when the median is 0.005 (and the start was 2.3) is noise.
@@ -155,6 +167,12 @@ class StabilityGuard(Policy):
                 verdict = self._verify(state, loss, flagged=spike or high, evidence=evidence)
                 if verdict is not None:
                     return verdict, state
+            if state["suspect"] and (spike or high):
+                why = (
+                    f"loss {loss:.4g} is still {z:.1f} robust sigmas above its recent median "
+                    f"{centre:.4g} on the batch after a spike (scale {scale:.3g})"
+                )
+                return self._diverged(view, state, why, evidence)
             if spike:
                 why = (
                     f"loss {loss:.4g} is {z:.1f} robust sigmas above its recent median "
@@ -162,14 +180,12 @@ class StabilityGuard(Policy):
                 )
                 if progress > 0:
                     why += f" and undoes {lost:.0%} of the progress since the start"
-                if state["suspect"]:
-                    return self._diverged(view, state, f"{why}, twice in a row", evidence)
                 # One high batch may be a bad batch, not bad weights: skip it and judge the
-                # next one. The update never reaches the weights either way.
+                # next one (at the same weights). The update never reaches the weights.
                 state["suspect"] = True
                 skip = Proposal(
                     policy=self.name,
-                    reason=f"{why}; step skipped (a second one in a row means roll back)",
+                    reason=f"{why}; step skipped (if the next batch is high too: roll back)",
                     priority=Priority.SAFETY,
                     action=Action.SKIP,
                     signals=evidence,
