@@ -180,3 +180,13 @@ def test_should_stop_after_total_steps_and_on_a_stop_decision():
         regime.step()
     assert regime.should_stop
     assert regime.events[-1].kind is EventKind.STOP and "patience 2" in regime.events[-1].reason
+
+
+def test_without_policies_a_non_finite_step_is_still_vetoed():
+    x, y = tiny_regression()
+    model = tiny_mlp()
+    regime = Regime(model, torch.optim.SGD(model.parameters(), lr=0.1), policies=())
+    regime.backward(mse(model, x * math.nan, y))
+    assert regime.step() is Outcome.SKIPPED
+    assert all_finite(model)
+    assert regime.events[-1].policy == "controller" and regime.step_count == 0

@@ -152,6 +152,8 @@ class Controller:
         )
         self.rejections.extend(rejections)
         outcome = self._enact(decisions)
+        if outcome is Outcome.STEPPED and self.signals.fresh("nonfinite/any", self.step) == 1.0:
+            outcome = self._veto_nonfinite()
         self._ctx = ctx
         if outcome is Outcome.STEPPED:
             self.actuator.apply(self.multipliers)
@@ -249,6 +251,25 @@ class Controller:
                     )
                 )
         return outcome
+
+    def _veto_nonfinite(self) -> Outcome:
+        """Invariant 5, held whatever the policies: a non-finite value never steps."""
+        evidence = self.signals.snapshot(["loss/train", "grad_norm/global"])
+        self._last_incident = self.step
+        self._record(
+            Event(
+                step=self.step,
+                knob=None,
+                group=None,
+                old=None,
+                new=None,
+                policy="controller",
+                reason="non-finite loss or gradient and no policy handled it; step skipped",
+                kind=EventKind.SKIP,
+                signals=evidence,
+            )
+        )
+        return Outcome.SKIPPED
 
     def _record(self, event: Event) -> None:
         self.events.append(event)

@@ -87,6 +87,11 @@ class Regime:
         built_probes = _resolve(probes, PROBES, Probe, "probe")
         built_policies = _resolve(policies, POLICIES, Policy, "policy")
         present = {p.name for p in built_probes}
+        if "nonfinite" not in present:
+            raise ConfigError(
+                "the 'nonfinite' probe is required: it keeps NaN and inf out of the weights; "
+                f"add it to probes= (got {sorted(present)})"
+            )
         for policy in built_policies:
             missing = [r for r in policy.requires if r not in present]
             if missing:
