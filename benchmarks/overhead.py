@@ -1,0 +1,63 @@
+"""Overhead of a trimtab step over a plain step, interleaved in one process."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+import trimtab
+from benchmarks.tasks import TASKS
+
+OVERHEAD_TASKS = ("width_128", "char_lm")
+
+
+def _setup(task: str, seed: int):
+    setup = TASKS[task].build(seed, 100)
+    return setup, torch.optim.AdamW(setup.model.parameters(), lr=1e-3)
+
+
+def measure(steps: int = 400) -> list[dict[str, float]]:
+    """Overhead on a tiny MLP (where fixed Python cost dominates) and a small transformer."""
+    return [measure_task(task, steps) for task in OVERHEAD_TASKS]
+
+
+def measure_task(task: str, steps: int = 400) -> dict[str, float]:
+    """Median ratio of (trimtab step) / (plain step) time at the default cadence.
+
+    Both loops do forward, backward and the AdamW update on the same model and batches;
+    steps alternate so machine noise hits both alike.
+    """
+    torch.set_num_threads(1)
+    plain, plain_opt = _setup(task, 0)
+    adapted, adapted_opt = _setup(task, 0)
+    regime = trimtab.Regime(adapted.model, adapted_opt)
+    ratios, plain_times = [], []
+    for step in range(steps):
+        batch = plain.batch(step)
+        t0 = time.perf_counter()
+        plain_opt.zero_grad(set_to_none=True)
+        plain.loss(plain.model, batch).backward()
+        plain_opt.step()
+        t1 = time.perf_counter()
+        regime.backward(adapted.loss(adapted.model, batch))
+        regime.step()
+        t2 = time.perf_counter()
+        if step >= 20:  # after warm-up
+            ratios.append((t2 - t1) / (t1 - t0))
+            plain_times.append(t1 - t0)
+    snapshot_bytes = sum(
+        t.numel() * t.element_size()
+        for snap in regime._controller.guard._snapshots
+        for t in list(snap.model.values())
+    )
+    params = sum(p.numel() for p in adapted.model.parameters())
+    return {
+        "task": task,
+        "median_ratio": statistics.median(ratios),
+        "plain_step_ms": 1e3 * statistics.median(plain_times),
+        "params": params,
+        "snapshots": len(regime._controller.guard._snapshots),
+        "snapshot_weight_bytes": snapshot_bytes,
+    }
