@@ -20,6 +20,7 @@ class Script:
         self.state = self.policy.initial_state()
         self.signals = Signals()
         self.multipliers = {}
+        self.bases = {}
         self.step = 0
 
     def feed(self, loss, grad_norm=1.0, nonfinite=0.0):
@@ -27,7 +28,9 @@ class Script:
             self.step,
             {"loss/train": loss, "grad_norm/global": grad_norm, "nonfinite/any": nonfinite},
         )
-        view = PolicyView(self.step, None, self.signals, GROUPS, dict(self.multipliers))
+        view = PolicyView(
+            self.step, None, self.signals, GROUPS, dict(self.multipliers), dict(self.bases)
+        )
         proposals, self.state = self.policy.propose(view, self.state)
         for p in proposals:  # apply knob proposals as an unconstrained arbiter would
             if p.knob is Knob.LR:
@@ -133,7 +136,7 @@ def test_a_repeated_divergence_cuts_harder_and_lowers_the_ceiling():
     proposals = script.feed(80.0)
     cut = next(p for p in proposals if p.action is Action.ADJUST)
     assert cut.factor == pytest.approx(0.1) and "repeated" in cut.reason
-    assert script.state["ceilings"]["g0"] == pytest.approx(0.3 * 0.3)
+    assert script.state["ceilings"]["g0"]["lr"] == pytest.approx(0.3 * 0.3)
 
 
 def test_an_extreme_gradient_norm_outlier_skips_the_step():
@@ -183,3 +186,22 @@ def test_state_is_plain_data_and_the_policy_is_deterministic():
 def test_bad_settings_fail_at_construction(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         StabilityGuard(**kwargs)
+
+
+def test_the_recovery_ceiling_is_an_effective_lr_so_a_lower_base_lets_it_return():
+    script = Script(StabilityGuard(recovery_every=5, recovery_factor=1.5))
+    script.bases = {(Knob.LR, g): 0.3 for g in GROUPS}  # a base briefly 30x too high
+    for i in range(20):
+        script.feed(1.0 + 0.01 * math.sin(i))
+    for _ in range(2):
+        script.feed(60.0)
+    for i in range(3):
+        script.feed(1.0 + 0.01 * math.sin(i))
+    for _ in range(2):
+        script.feed(60.0)  # a repeat: ceiling = 0.3 x the effective lr that diverged
+    assert script.state["ceilings"]["g0"]["lr"] == pytest.approx(0.3 * 0.3 * 0.3)
+    script.bases = {(Knob.LR, g): 0.01 for g in GROUPS}  # the schedule is back to normal
+    for i in range(200):
+        script.feed(1.0 + 0.01 * math.sin(i))
+    # back to the multiplier held before the first cut, not kept 30x down
+    assert script.multipliers[(Knob.LR, "g0")] == pytest.approx(1.0)

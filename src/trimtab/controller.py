@@ -140,6 +140,7 @@ class Controller:
             signals=self.signals,
             groups=self.group_names,
             multipliers=dict(self.multipliers),
+            bases=self.actuator.bases(),
         )
         proposals = []
         for policy in self.policies:

@@ -48,7 +48,7 @@ class StabilityGuard(Policy):
         cut: LR factor applied with a rollback.
         repeat_cut: LR factor when divergence repeats within ``memory`` steps.
         ceiling: after a repeated divergence, recovery stops at this fraction of the
-            multiplier that diverged.
+            effective learning rate that diverged.
         recovery_factor: LR factor per recovery step.
         recovery_every: healthy steps between recovery steps.
         memory: steps within which a second divergence counts as a repeat.
@@ -127,7 +127,7 @@ class StabilityGuard(Policy):
             "skips_in_row": 0,
             "above_in_row": 0,
             "last_divergence": None,
-            "ceilings": {},  # group -> LR multiplier that recovery returns to
+            "ceilings": {},  # group -> {"lr": effective LR cap, "multiplier": pre-cut}
             "healthy_since": 0,
             "suspect": False,  # the previous batch was a spike (and was skipped)
             "verifying": False,  # checking the first losses after a rollback
@@ -302,9 +302,16 @@ class StabilityGuard(Policy):
         cut = self.repeat_cut if repeated else self.cut
         for group in view.groups:
             current = view.multiplier(Knob.LR, group)
+            effective = current * view.base(Knob.LR, group)
             # An isolated spike may be one bad batch: recover fully. A repeat means the
-            # learning rate itself is too high: recover only to a fraction of it.
-            state["ceilings"][group] = current * self.ceiling if repeated else current
+            # learning rate itself is too high: recover only to a fraction of it. The
+            # ceiling is an effective LR, so a user schedule that lowers the base later
+            # (or a base that was briefly too high) does not keep the multiplier down.
+            before = state["ceilings"].get(group, {}).get("multiplier", current)
+            state["ceilings"][group] = {
+                "lr": effective * self.ceiling if repeated else effective,
+                "multiplier": max(before, current),  # never recover past the user's level
+            }
         # The loss window is kept: the snapshot restored is from that same stretch.
         state.update(
             last_divergence=view.step,
@@ -342,16 +349,21 @@ class StabilityGuard(Policy):
         proposals = []
         for group, ceiling in sorted(state["ceilings"].items()):
             current = view.multiplier(Knob.LR, group)
-            if current >= ceiling * 0.999:
+            base = view.base(Knob.LR, group)
+            if base <= 0:
+                continue  # a schedule at zero: nothing to recover towards yet
+            limit = min(ceiling["multiplier"], ceiling["lr"] / base)
+            if current >= limit * 0.999:
                 continue
-            target = min(current * self.recovery_factor, ceiling)
+            target = min(current * self.recovery_factor, limit)
             proposals.append(
                 Proposal(
                     policy=self.name,
                     reason=(
                         f"{state['healthy_since']} healthy steps since the last divergence; "
                         f"raising lr multiplier {current:.3g} -> {target:.3g} "
-                        f"(recovery ceiling {ceiling:.3g})"
+                        f"(lr {current * base:.3g} -> {target * base:.3g}; ceiling lr "
+                        f"{ceiling['lr']:.3g})"
                     ),
                     priority=Priority.RECOVERY,
                     knob=Knob.LR,
