@@ -256,14 +256,23 @@ def _plots(records: list[dict], scores: list[TaskScore], folder: Path) -> None:
         for r in rs:
             value = r["final"] if r["final"] is not None and not r["diverged"] else math.nan
             grouped[r["method"]][r["lr"]].append(value)
-        for method, by_lr in sorted(grouped.items()):
+        palette = plt.get_cmap("tab20")
+        for index, (method, by_lr) in enumerate(sorted(grouped.items())):
             lrs = sorted(by_lr)
             ys = [statistics.fmean(by_lr[lr]) for lr in lrs]
+            color = palette(index % 20)
             if lrs == [0.0]:
-                ax.axhline(ys[0], linestyle="--", linewidth=1, label=method)
+                ax.axhline(ys[0], linestyle="--", linewidth=1, label=method, color=color)
             else:
                 style = "-o" if method.startswith("trimtab") else "-."
-                ax.plot(lrs, ys, style, label=method, linewidth=2 if "trimtab" in method else 1)
+                ax.plot(
+                    lrs,
+                    ys,
+                    style,
+                    label=method,
+                    color=color,
+                    linewidth=2 if "trimtab" in method else 1,
+                )
         ax.set_xscale("log")
         ax.set_xlabel("initial learning rate")
         ax.set_ylabel(TASKS[s.task].metric)
