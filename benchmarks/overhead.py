@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import statistics
+import subprocess
+import sys
 import time
 
 import torch
@@ -11,6 +13,32 @@ import trimtab
 from benchmarks.tasks import TASKS
 
 OVERHEAD_TASKS = ("width_128", "char_lm")
+_PEAK_SCRIPT = """
+import resource, sys, torch, trimtab
+from benchmarks.tasks import TASKS
+torch.set_num_threads(1)
+setup = TASKS[sys.argv[1]].build(0, 100)
+opt = torch.optim.AdamW(setup.model.parameters(), lr=1e-3)
+regime = trimtab.Regime(setup.model, opt) if sys.argv[2] == "trimtab" else None
+for step in range(60):
+    loss = setup.loss(setup.model, setup.batch(step))
+    if regime is None:
+        opt.zero_grad(); loss.backward(); opt.step()
+    else:
+        regime.backward(loss); regime.step()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def peak_memory_mb(task: str, method: str) -> float:
+    """Peak resident memory of a fresh process training 60 steps (Linux: KiB -> MB)."""
+    result = subprocess.run(
+        [sys.executable, "-c", _PEAK_SCRIPT, task, method],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return int(result.stdout.strip().splitlines()[-1]) / 1024
 
 
 def _setup(task: str, seed: int):
@@ -60,4 +88,6 @@ def measure_task(task: str, steps: int = 400) -> dict[str, float]:
         "params": params,
         "snapshots": len(regime._controller.guard._snapshots),
         "snapshot_weight_bytes": snapshot_bytes,
+        "peak_plain_mb": peak_memory_mb(task, "plain"),
+        "peak_trimtab_mb": peak_memory_mb(task, "trimtab"),
     }
