@@ -43,6 +43,7 @@ def run_cell(
     fault_at = int(0.4 * steps)
     fault_steps = range(fault_at, fault_at + _FAULT_LENGTH[fault]) if fault else range(0)
     started = time.perf_counter()
+    error = None
     for step in range(steps):
         x, y = setup.batch(step)
         faulty = step in fault_steps
@@ -60,7 +61,11 @@ def run_cell(
             saved = [g["lr"] for g in method.optimizer.param_groups]
             for g in method.optimizer.param_groups:
                 g["lr"] = g["lr"] * 30
-        method.step(loss)
+        try:
+            method.step(loss)
+        except (RuntimeError, AssertionError, ValueError) as exc:  # the method gave up
+            error = f"{type(exc).__name__}: {exc}"
+            break
         if saved is not None:
             for g, value in zip(method.optimizer.param_groups, saved, strict=True):
                 g["lr"] = value
@@ -71,7 +76,11 @@ def run_cell(
             curve.append((step + 1, metric))
             method.observe(val_loss)
     method.close()
-    final = curve[-1][1]
+    if error is not None:  # the rest of the run counts as lost
+        worst = 0.0 if task.higher_is_better else math.inf
+        done = curve[-1][0] if curve else 0
+        curve += [(s, worst) for s in range(done + every, steps + 1, every)] or [(steps, worst)]
+    final = curve[-1][1] if error is None else math.nan
     finite = all(torch.isfinite(p).all() for p in setup.model.parameters())
     return {
         "task": task_name,
@@ -87,4 +96,5 @@ def run_cell(
         "skipped": method.skipped,
         "events": method.events,
         "seconds": time.perf_counter() - started,
+        "error": error,
     }

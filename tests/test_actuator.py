@@ -46,7 +46,7 @@ def test_actuator_refuses_a_knob_the_optimizer_lacks():
 def test_apply_then_restore_round_trips_the_base():
     opt = torch.optim.SGD(tiny_mlp().parameters(), lr=0.1, momentum=0.9)
     actuator = Actuator([GroupHandle("g0", opt, 0)], [Knob.LR, Knob.MOMENTUM])
-    actuator.apply({(Knob.LR, "g0"): 0.25, (Knob.MOMENTUM, "g0"): 0.5})
+    actuator.apply({(Knob.LR, "g0"): 0.025, (Knob.MOMENTUM, "g0"): 0.45})
     assert opt.param_groups[0]["lr"] == pytest.approx(0.025)
     assert opt.param_groups[0]["momentum"] == pytest.approx(0.45)
     actuator.restore()

@@ -8,6 +8,7 @@ loops; framework integrations call it from their pre-optimizer-step hook.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -16,12 +17,13 @@ import torch
 from trimtab import _checks
 from trimtab.actuator import Actuator, GroupHandle
 from trimtab.arbiter import Arbiter, ArbiterConfig
-from trimtab.errors import StateError
+from trimtab.errors import ConfigError, ConfigTypeError, StateError
 from trimtab.guard import Guard
 from trimtab.log import EventLog, Sink
 from trimtab.policies import Policy, PolicyView
 from trimtab.probes import GroupView, Probe, StepContext
 from trimtab.run_header import describe_run
+from trimtab.schedules import Schedule
 from trimtab.signals import Signals
 from trimtab.types import Action, Decision, Event, EventKind, Knob, Outcome, Rejection
 
@@ -43,6 +45,8 @@ class Controller:
         sinks: further receivers of every log record (TensorBoard, MLflow, ...).
         log_every: cadence of signal snapshots in the log.
         snapshot_every: cadence of known-good snapshots.
+        schedule: a base schedule composed under the adaptive multipliers.
+        run_info: extra facts for the run header (precision, accumulation, ...).
     """
 
     def __init__(
@@ -59,6 +63,8 @@ class Controller:
         sinks: Sequence[Sink] = (),
         log_every: int = 10,
         snapshot_every: int = 25,
+        schedule: Schedule | None = None,
+        run_info: Mapping[str, Any] | None = None,
     ) -> None:
         self.model = model
         self.optimizers = tuple(optimizers)
@@ -68,9 +74,18 @@ class Controller:
         self.policies = tuple(policies)
         self.total_steps = total_steps
         self.log_every = _checks.count("log_every", log_every)
+        if schedule is not None and not isinstance(schedule, Schedule):
+            raise ConfigTypeError(
+                f"schedule must be a trimtab.schedules.Schedule, got {type(schedule).__name__}"
+            )
+        if schedule is not None and total_steps is None:
+            raise ConfigError("a schedule needs total_steps: pass Regime(..., total_steps=N)")
+        self.schedule = schedule
         knobs = {Knob.LR}
         for policy in self.policies:
             knobs.update(getattr(policy, "knobs", ()))
+        if schedule is not None and schedule.momentum(0, total_steps or 1) is not None:
+            knobs.add(Knob.MOMENTUM)
         self.actuator = Actuator(self.handles, sorted(knobs, key=lambda k: k.value))
         self.arbiter = Arbiter(arbiter)
         self.signals = Signals()
@@ -94,6 +109,10 @@ class Controller:
             self.policies,
             self.arbiter.config,
             total_steps=total_steps,
+            extra={
+                "schedule": None if schedule is None else schedule.settings(),
+                **dict(run_info or {}),
+            },
         )
         for sink in self.sinks:
             sink.start(header)
@@ -109,11 +128,15 @@ class Controller:
         closure: Callable[[], torch.Tensor] | None = None,
         micro_grad_sq_norms: Sequence[torch.Tensor] = (),
         micro_batch_size: int | None = None,
+        scaler: torch.amp.GradScaler | None = None,
     ) -> Outcome:
         """Measure, decide and write knobs. Syncs host and device once (one transfer).
 
         ``closure`` recomputes the loss on this batch for probes that need extra passes;
         ``micro_grad_sq_norms`` carries per-micro-batch gradient norms when accumulating.
+        With an fp16 ``scaler`` (gradients already unscaled), non-finite gradients from a
+        finite loss are an overflow: logged and skipped, not shown to the policies as
+        divergence.
         """
         if self._ctx is not None:
             raise RuntimeError("before_step called twice without after_step")
@@ -133,6 +156,10 @@ class Controller:
             if probe.due(self.step):
                 readings.update(probe.before_step(ctx))
         self.signals.record(self.step, _transfer(readings))
+        if scaler is not None and self._overflowed():
+            self._ctx = ctx
+            self._record_overflow(scaler)
+            return Outcome.SKIPPED
 
         view = PolicyView(
             step=self.step,
@@ -140,7 +167,7 @@ class Controller:
             signals=self.signals,
             groups=self.group_names,
             multipliers=dict(self.multipliers),
-            bases=self.actuator.bases(),
+            bases=self.planned_bases(),
         )
         proposals = []
         for policy in self.policies:
@@ -157,7 +184,7 @@ class Controller:
             outcome = self._veto_nonfinite()
         self._ctx = ctx
         if outcome is Outcome.STEPPED:
-            self.actuator.apply(self.multipliers)
+            self.actuator.apply(self._targets())
         if self.step % self.log_every == 0:
             self._log_signals()
         return outcome
@@ -205,7 +232,7 @@ class Controller:
     # -- effects -----------------------------------------------------------------------
     def _enact(self, decisions: Sequence[Decision]) -> Outcome:
         outcome = Outcome.STEPPED
-        bases = self.actuator.bases()
+        bases = self.planned_bases()
         rollback_events = []
         for decision in decisions:
             proposal = decision.proposal
@@ -253,6 +280,37 @@ class Controller:
                 )
         return outcome
 
+    def wants_micro_batches(self) -> bool:
+        """Whether a probe due at this step reads per-micro-batch gradient norms."""
+        return any(
+            getattr(p, "needs_micro_batches", False) and p.due(self.step) for p in self.probes
+        )
+
+    def _overflowed(self) -> bool:
+        loss = self.signals.fresh("loss/train", self.step)
+        nonfinite = self.signals.fresh("nonfinite/any", self.step) == 1.0
+        return nonfinite and loss is not None and math.isfinite(loss)
+
+    def _record_overflow(self, scaler: torch.amp.GradScaler) -> None:
+        scale = scaler.get_scale()  # a sync, but only on overflow steps
+        self._last_incident = self.step
+        self._record(
+            Event(
+                step=self.step,
+                knob=None,
+                group=None,
+                old=None,
+                new=None,
+                policy="grad_scaler",
+                reason=(
+                    f"fp16 gradient overflow at loss scale {scale:g} with a finite loss; "
+                    f"the GradScaler skips the step and halves the scale (not a divergence)"
+                ),
+                kind=EventKind.SKIP,
+                signals={"loss_scale": scale, **self.signals.snapshot(["loss/train"])},
+            )
+        )
+
     def _veto_nonfinite(self) -> Outcome:
         """Invariant 5, held whatever the policies: a non-finite value never steps."""
         evidence = self.signals.snapshot(["loss/train", "grad_norm/global"])
@@ -276,12 +334,29 @@ class Controller:
         self.events.append(event)
         self._write("event", event.to_record())
 
-    def effective(self) -> dict[str, float]:
-        """Effective value of every knob as ``"knob/group"`` (base x multiplier)."""
+    def planned_bases(self) -> dict[tuple[Knob, str], float]:
+        """The user's base values after the trimtab schedule, before adaptation."""
+        bases = self.actuator.bases()
+        if self.schedule is None:
+            return bases
+        total = self.total_steps or 1
+        factor = self.schedule.lr_factor(self.step, total)
+        momentum = self.schedule.momentum(self.step, total)
+        for (knob, group), value in bases.items():
+            if knob is Knob.LR:
+                bases[(knob, group)] = value * factor
+            elif knob is Knob.MOMENTUM and momentum is not None:
+                bases[(knob, group)] = momentum
+        return bases
+
+    def _targets(self) -> dict[tuple[Knob, str], float]:
         return {
-            f"{knob.value}/{group}": base * self.multipliers.get((knob, group), 1.0)
-            for (knob, group), base in self.actuator.bases().items()
+            key: base * self.multipliers.get(key, 1.0) for key, base in self.planned_bases().items()
         }
+
+    def effective(self) -> dict[str, float]:
+        """Effective value of every knob as ``"knob/group"`` (base x schedule x multiplier)."""
+        return {f"{knob.value}/{group}": v for (knob, group), v in self._targets().items()}
 
     def _log_signals(self) -> None:
         self._write(

@@ -13,9 +13,10 @@ the call order straight and adds checkpointing of model and optimizers.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -27,9 +28,16 @@ from trimtab.errors import CallOrderError, ConfigError, ConfigTypeError, StateEr
 from trimtab.log import EventLog, Sink
 from trimtab.policies import DEFAULT_POLICIES, POLICIES, Policy
 from trimtab.probes import DEFAULT_PROBES, PROBES, Probe
+from trimtab.schedules import Schedule
 from trimtab.types import Event, Outcome
 
 STATE_VERSION = 1
+Precision = Literal["fp32", "bf16", "fp16"]
+_DTYPES: dict[str, torch.dtype | None] = {
+    "fp32": None,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+}
 
 
 class Regime:
@@ -46,6 +54,13 @@ class Regime:
         snapshot_every: steps between known-good snapshots (kept on the CPU).
         arbiter: bounds, rate limits and cooldowns for knob changes.
         reporters: extra receivers of the audit trail (see ``trimtab.log.Sink``).
+        schedule: a base schedule from ``trimtab.schedules`` (needs ``total_steps``);
+            effective LR = group lr x schedule x adaptive multiplier.
+        precision: ``"fp32"``, ``"bf16"`` (autocast, no scaler) or ``"fp16"`` (autocast
+            and dynamic loss scaling with ``torch.amp.GradScaler``); wrap the forward
+            pass in ``with regime.autocast():``.
+        accumulate: micro-batches per optimizer step; ``backward`` divides each loss by
+            this and ``step`` returns ``Outcome.ACCUMULATING`` until the last one.
 
     Example:
         >>> model = torch.nn.Linear(4, 1)
@@ -69,6 +84,9 @@ class Regime:
         snapshot_every: int = 25,
         arbiter: ArbiterConfig | None = None,
         reporters: Sequence[Sink] = (),
+        schedule: Schedule | None = None,
+        precision: Precision = "fp32",
+        accumulate: int = 1,
     ) -> None:
         if not isinstance(model, torch.nn.Module):
             raise ConfigTypeError(
@@ -80,6 +98,12 @@ class Regime:
         _check_params(model, self.optimizers)
         if total_steps is not None:
             total_steps = _checks.count("total_steps", total_steps)
+        if precision not in _DTYPES:
+            raise ConfigError(f"precision must be one of {sorted(_DTYPES)}, got {precision!r}")
+        self.precision = precision
+        self.accumulate = _checks.count("accumulate", accumulate)
+        self.device_type = next(model.parameters()).device.type
+        self._scaler = torch.amp.GradScaler(self.device_type) if precision == "fp16" else None
         if arbiter is not None and not isinstance(arbiter, ArbiterConfig):
             raise ConfigTypeError(
                 f"arbiter must be a trimtab.ArbiterConfig, got {type(arbiter).__name__}"
@@ -99,6 +123,7 @@ class Regime:
                     f"policy {policy.name!r} reads signals of probes {missing}, which are "
                     f"not enabled (enabled: {sorted(present)}); add them to probes="
                 )
+        self._params = [p for p in model.parameters() if p.requires_grad]
         self._controller = Controller(
             model,
             self.optimizers,
@@ -110,12 +135,32 @@ class Regime:
             log=EventLog(log),
             log_every=log_every,
             snapshot_every=snapshot_every,
+            schedule=schedule,
+            run_info={
+                "precision": precision,
+                "loss_scaling": self._scaler is not None,
+                "accumulate": self.accumulate,
+            },
         )
-        self._loss: torch.Tensor | None = None
+        self._losses: list[torch.Tensor] = []
+        self._micro_sq_norms: list[torch.Tensor] = []
+        self._micro_batch_size: int | None = None
 
     # -- the loop ----------------------------------------------------------------------
-    def backward(self, loss: torch.Tensor) -> None:
-        """Record ``loss`` and back-propagate it (replaces ``loss.backward()``)."""
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """Context for the forward pass at the Regime's precision (a no-op for fp32)."""
+        dtype = _DTYPES[self.precision]
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=dtype)
+
+    def backward(self, loss: torch.Tensor, *, batch_size: int | None = None) -> None:
+        """Record ``loss`` and back-propagate it (replaces ``loss.backward()``).
+
+        With ``accumulate=N`` the loss is divided by N; with fp16 it is scaled by the
+        GradScaler. ``batch_size`` (samples in this micro-batch) lets the gradient-noise
+        probe express its estimate in samples.
+        """
         if not isinstance(loss, torch.Tensor):
             raise ConfigTypeError(
                 f"backward() needs the loss tensor, got {type(loss).__name__}; "
@@ -131,32 +176,87 @@ class Regime:
                 "the loss does not require grad: was it computed under torch.no_grad() "
                 "or from detached outputs?"
             )
-        if self._loss is not None:
+        if len(self._losses) >= self.accumulate:
             raise CallOrderError(
-                "backward() was called twice without step(); call regime.step() after each backward"
+                f"backward() was called {len(self._losses) + 1} times without step() "
+                f"(accumulate={self.accumulate}); call regime.step() after each backward"
             )
-        loss.backward()
-        self._loss = loss.detach().reshape(())
+        if batch_size is not None:
+            self._micro_batch_size = _checks.count("batch_size", batch_size)
+        scaled = loss / self.accumulate if self.accumulate > 1 else loss
+        if self._scaler is not None:
+            scaled = self._scaler.scale(scaled)
+        before = self._grads_if_measuring()
+        scaled.backward()
+        if before is not None:
+            self._micro_sq_norms.append(self._micro_sq_norm(before))
+        self._losses.append(loss.detach().reshape(()).float())
+
+    def _grads_if_measuring(self) -> list[torch.Tensor] | None:
+        """A copy of the accumulated gradients, only when a due probe wants micro-batches."""
+        if self.accumulate == 1 or not self._controller.wants_micro_batches():
+            return None
+        return [
+            p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p)
+            for p in self._params
+        ]
+
+    def _micro_sq_norm(self, before: list[torch.Tensor]) -> torch.Tensor:
+        """Squared norm of this micro-batch's own (unscaled, undivided) gradient."""
+        after = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self._params]
+        diffs = torch._foreach_sub(after, before)
+        squared = torch.stack(torch._foreach_norm(diffs)).pow(2).sum()
+        factor = float(self.accumulate) ** 2
+        if self._scaler is not None:
+            squared = squared / self._scaler.get_scale() ** 2  # syncs, on cadence only
+        return squared * factor
 
     def step(self, closure: Callable[[], torch.Tensor] | None = None) -> Outcome:
-        """Measure, decide, then step, skip or roll back; always clears the gradients.
+        """Measure, decide, then step, skip or roll back; clears the gradients after.
+
+        With ``accumulate=N`` the first N-1 calls only return ``Outcome.ACCUMULATING``.
 
         Args:
             closure: optional function that recomputes the loss on the current batch;
                 only expensive probes (e.g. curvature) call it, on their cadence.
 
-        Syncs host and device once per call (all due signals in one transfer).
+        Syncs host and device once per optimizer step (all due signals in one transfer).
         """
-        if self._loss is None:
+        if not self._losses:
             raise CallOrderError("step() needs a loss: call regime.backward(loss) first")
-        loss, self._loss = self._loss, None
-        outcome = self._controller.before_step(loss, closure=closure)
+        if len(self._losses) < self.accumulate:
+            return Outcome.ACCUMULATING
+        for optimizer in self.optimizers:
+            if any(group.get("train_mode") is False for group in optimizer.param_groups):
+                raise CallOrderError(
+                    f"{type(optimizer).__name__} is in eval mode; call optimizer.train() "
+                    "before training steps (and optimizer.eval() only to evaluate)"
+                )
+        losses, self._losses = self._losses, []
+        micro, self._micro_sq_norms = self._micro_sq_norms, []
+        loss = losses[0] if len(losses) == 1 else torch.stack(losses).mean()
+        scaler = self._scaler
+        if scaler is not None:
+            for optimizer in self.optimizers:
+                scaler.unscale_(optimizer)  # probes must read true gradients
+        outcome = self._controller.before_step(
+            loss,
+            closure=closure,
+            micro_grad_sq_norms=micro,
+            micro_batch_size=self._micro_batch_size,
+            scaler=scaler,
+        )
         try:
             if outcome is Outcome.STEPPED:
                 for optimizer in self.optimizers:
-                    optimizer.step()
+                    if scaler is not None:
+                        scaler.step(optimizer)
+                    else:
+                        optimizer.step()
         finally:
             self._controller.after_step(outcome)
+            if scaler is not None:
+                scaler.update()
             for optimizer in self.optimizers:
                 optimizer.zero_grad(set_to_none=True)
         return outcome
@@ -219,13 +319,14 @@ class Regime:
     # -- checkpoints -------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Model, optimizers and trimtab state: everything needed to resume exactly."""
-        if self._loss is not None:
+        if self._losses:
             raise CallOrderError("state_dict() between backward() and step(): step first")
         return {
             "version": STATE_VERSION,
             "model": self.model.state_dict(),
             "optimizers": [o.state_dict() for o in self.optimizers],
             "controller": self._controller.state_dict(),
+            "grad_scaler": None if self._scaler is None else self._scaler.state_dict(),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -244,6 +345,14 @@ class Regime:
         for optimizer, saved in zip(self.optimizers, state["optimizers"], strict=True):
             optimizer.load_state_dict(saved)
         self._controller.load_state_dict(state["controller"])
+        saved_scaler = state.get("grad_scaler")
+        if (saved_scaler is None) != (self._scaler is None):
+            raise StateError(
+                "checkpoint and Regime disagree on fp16 loss scaling; build the Regime "
+                "with the precision the checkpoint was saved with"
+            )
+        if self._scaler is not None:
+            self._scaler.load_state_dict(saved_scaler)
 
 
 def _optimizers(optimizer: Any) -> tuple[torch.optim.Optimizer, ...]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import platform
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -34,6 +34,7 @@ def describe_run(
     arbiter: ArbiterConfig,
     *,
     total_steps: int | None,
+    extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     from trimtab import __version__
 
@@ -46,6 +47,9 @@ def describe_run(
                 "name": handle.name,
                 "optimizer": type(handle.optimizer).__name__,
                 "params": sum(p.numel() for p in group["params"]),
+                "tensors": len(group["params"]),
+                # biases and norm weights: decaying them is a common, silent mistake
+                "vector_tensors": sum(p.dim() <= 1 for p in group["params"]),
                 "hyperparameters": {k: _plain(v) for k, v in group.items() if k != "params"},
             }
         )
@@ -64,4 +68,5 @@ def describe_run(
         "probes": [{"name": p.name, **p.settings()} for p in probes],
         "policies": [{"name": p.name, "settings": p.settings()} for p in policies],
         "arbiter": arbiter.as_dict(),
+        **dict(extra or {}),
     }

@@ -2,8 +2,9 @@
 
 Between optimizer steps each group holds the user's *base* values, so a user's LR
 scheduler, or a loop that assigns ``group["lr"]`` every step, keeps working on the base.
-Just before ``optimizer.step()`` the actuator writes ``base x multiplier``; right after
-it puts the base back. Nothing compounds, and checkpoints hold the user's own values.
+Just before ``optimizer.step()`` the actuator writes the effective values the controller
+planned (base x trimtab schedule x adaptive multiplier); right after it puts the base
+back. Nothing compounds, and checkpoints hold the user's own values.
 """
 
 from __future__ import annotations
@@ -61,19 +62,17 @@ class Actuator:
             if knob is not Knob.MAX_GRAD_NORM
         }
 
-    def apply(self, multipliers: Mapping[tuple[Knob, str], float]) -> None:
-        """Write base x multiplier into every group; call right before the optimizer step."""
+    def apply(self, targets: Mapping[tuple[Knob, str], float]) -> None:
+        """Write the effective values ``targets`` (knob, group) -> value; call right before
+        the optimizer step. Values equal to the user's base are left untouched."""
         if self._applied:
             raise RuntimeError("Actuator.apply called twice without restore()")
         self._bases = self.bases()
         for handle in self.handles:
             for knob in self.knobs:
                 key = (knob, handle.name)
-                if key not in self._bases:
-                    continue
-                multiplier = multipliers.get(key, 1.0)
-                if multiplier != 1.0:
-                    adapters.write(handle.group, knob, self._bases[key] * multiplier)
+                if key in self._bases and key in targets and targets[key] != self._bases[key]:
+                    adapters.write(handle.group, knob, targets[key])
         self._applied = True
 
     def restore(self) -> None:
