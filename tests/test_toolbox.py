@@ -226,3 +226,18 @@ def test_resume_with_fp16_accumulation_and_a_schedule_is_exact():
         assert torch.equal(a, c)
     assert [e.to_record() for e in regime_a.events] == [e.to_record() for e in regime_c.events]
     assert math.isclose(regime_a._scaler.get_scale(), regime_c._scaler.get_scale())
+
+
+def test_a_trimtab_cut_on_schedule_free_shrinks_steps_but_not_its_averaging_weights():
+    pytest.importorskip("schedulefree")
+    model = tiny_mlp()
+    optimizer = build_optimizer("schedulefree_adamw", model, lr=0.01, warmup_steps=0)
+    regime = Regime(model, optimizer, total_steps=20)
+    train(regime, model, 5)
+    group = optimizer.param_groups[0]
+    assert group["lr_max"] == pytest.approx(0.01)
+    regime._controller.multipliers[(Knob.LR, "g0")] = 0.5  # as a plateau cut would
+    train(regime, model, 1, start=5)
+    assert group["scheduled_lr"] == pytest.approx(0.005)
+    assert group["lr_max"] == pytest.approx(0.01)  # the average's weights are unchanged
+    assert group["lr"] == 0.01  # the base, between steps

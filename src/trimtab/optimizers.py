@@ -12,10 +12,12 @@ so its ``lr`` is a multiplier that stays at 1 (Mishchenko & Defazio, 2024).
 How trimtab acts on each (the actuator writes only ``lr``, ``momentum``/``betas[0]`` and
 ``weight_decay``, and only for the duration of ``optimizer.step()``):
 
-- schedule-free: its ``lr`` is the peak LR its warmup scales; the weights it averages
-  are weighted by the LR actually used (``lr_max``, ``weight_sum`` track it), so a
-  trimtab cut also lowers the weight of later iterates in the average. It must be in
-  ``train()`` mode while stepping (``Regime.step`` checks) and ``eval()`` for evaluation.
+- schedule-free: its ``lr`` is the peak LR its warmup scales (``scheduled_lr`` logs the
+  value used). The weight of each iterate in its average is ``lr_max ** 2``, where
+  ``lr_max`` is the largest LR used so far: a trimtab cut makes the steps smaller but
+  leaves the averaging weights as they were, while raising the LR above its previous
+  maximum raises the weight of every later iterate for good. It must be in ``train()``
+  mode while stepping (``Regime.step`` checks) and ``eval()`` for evaluation.
 - Prodigy: the step is ``d x lr``; trimtab's multiplier scales ``lr`` around 1 and leaves
   the estimate ``d`` to Prodigy.
 - Muon + AdamW: pass both to ``Regime`` as a list; groups are named across both.
