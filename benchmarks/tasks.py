@@ -103,6 +103,25 @@ def _one_group(model: nn.Module) -> list[dict]:
     return [{"params": list(model.parameters()), "name": "all"}]
 
 
+def _classifier(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    train: torch.Tensor,
+    val: torch.Tensor,
+    batch_size: int,
+    seed: int,
+) -> Setup:
+    """A classification setup drawing shuffled mini-batches from ``x[train]``."""
+    pick = _sampler(len(train), batch_size, seed)
+
+    def batch(step: int) -> Batch:
+        idx = train[pick(step)]
+        return x[idx], y[idx]
+
+    return Setup(model, _one_group(model), batch, _ce, _classification_eval(model, x[val], y[val]))
+
+
 # -- tasks -------------------------------------------------------------------------------
 def digits_mlp(seed: int, steps: int, width: int = 128, faults: bool = False) -> Setup:
     x, y = _digits()
@@ -160,14 +179,7 @@ def digits_cnn(seed: int, steps: int) -> Setup:
     train, val = _split(len(x), 1400, seed)
     torch.manual_seed(seed)
     model = _SmallCNN()
-    pick = _sampler(len(train), 64, seed)
-    return Setup(
-        model,
-        _one_group(model),
-        lambda s: (x[train[pick(s)]], y[train[pick(s)]]),
-        _ce,
-        _classification_eval(model, x[val], y[val]),
-    )
+    return _classifier(model, x, y, train, val, 64, seed)
 
 
 def tabular(seed: int, steps: int) -> Setup:
@@ -180,14 +192,7 @@ def tabular(seed: int, steps: int) -> Setup:
     train, val = _split(len(x), 400, seed)
     torch.manual_seed(seed)
     model = _mlp([30, 64, 64, 2])
-    pick = _sampler(len(train), 32, seed)
-    return Setup(
-        model,
-        _one_group(model),
-        lambda s: (x[train[pick(s)]], y[train[pick(s)]]),
-        _ce,
-        _classification_eval(model, x[val], y[val]),
-    )
+    return _classifier(model, x, y, train, val, 32, seed)
 
 
 def overfit_regression(seed: int, steps: int) -> Setup:

@@ -293,27 +293,24 @@ class Controller:
 
     def _record_overflow(self, scaler: torch.amp.GradScaler) -> None:
         scale = scaler.get_scale()  # a sync, but only on overflow steps
-        self._last_incident = self.step
-        self._record(
-            Event(
-                step=self.step,
-                knob=None,
-                group=None,
-                old=None,
-                new=None,
-                policy="grad_scaler",
-                reason=(
-                    f"fp16 gradient overflow at loss scale {scale:g} with a finite loss; "
-                    f"the GradScaler skips the step and halves the scale (not a divergence)"
-                ),
-                kind=EventKind.SKIP,
-                signals={"loss_scale": scale, **self.signals.snapshot(["loss/train"])},
-            )
+        self._record_skip(
+            "grad_scaler",
+            f"fp16 gradient overflow at loss scale {scale:g} with a finite loss; the "
+            "GradScaler skips the step and halves the scale (not a divergence)",
+            {"loss_scale": scale, **self.signals.snapshot(["loss/train"])},
         )
 
     def _veto_nonfinite(self) -> Outcome:
         """Invariant 5, held whatever the policies: a non-finite value never steps."""
-        evidence = self.signals.snapshot(["loss/train", "grad_norm/global"])
+        self._record_skip(
+            "controller",
+            "non-finite loss or gradient and no policy handled it; step skipped",
+            self.signals.snapshot(["loss/train", "grad_norm/global"]),
+        )
+        return Outcome.SKIPPED
+
+    def _record_skip(self, policy: str, reason: str, evidence: Mapping[str, float]) -> None:
+        """A skip decided by the controller itself (not by a policy's proposal)."""
         self._last_incident = self.step
         self._record(
             Event(
@@ -322,13 +319,12 @@ class Controller:
                 group=None,
                 old=None,
                 new=None,
-                policy="controller",
-                reason="non-finite loss or gradient and no policy handled it; step skipped",
+                policy=policy,
+                reason=reason,
                 kind=EventKind.SKIP,
                 signals=evidence,
             )
         )
-        return Outcome.SKIPPED
 
     def _record(self, event: Event) -> None:
         self.events.append(event)
