@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from trimtab import _checks
+from trimtab import _checks, stats
 from trimtab.actuator import Actuator, GroupHandle
 from trimtab.arbiter import Arbiter, ArbiterConfig
 from trimtab.errors import ConfigError, ConfigTypeError, StateError
@@ -146,6 +146,7 @@ class Controller:
             loss=loss,
             groups=groups,
             model=self.model,
+            optimizers=self.optimizers,
             closure=closure,
             micro_grad_sq_norms=tuple(micro_grad_sq_norms),
             micro_batch_size=micro_batch_size,
@@ -206,6 +207,18 @@ class Controller:
             self.guard.take(self.step)
 
     def observe(self, metrics: Mapping[str, float]) -> None:
+        metrics = dict(metrics)
+        train = self.signals.get("loss_trend/ema_short")
+        if train is None and self.signals.window("loss/train"):
+            train = stats.median(self.signals.window("loss/train"))
+        if "val_loss" in metrics and train is not None and math.isfinite(train):
+            # the generalization gap, and its trend: a rising gap is the onset of
+            # memorization even while both losses still fall
+            metrics["gap"] = metrics["val_loss"] - train
+            gaps = [*[v for _, v in self.signals.observations("gap")][-4:], metrics["gap"]]
+            if len(gaps) >= 3:
+                fit = stats.trend(gaps)
+                metrics["gap_slope"], metrics["gap_band"] = fit.slope, fit.halfwidth
         self.signals.observe(self.step, metrics)
         # Whether the model was left in training mode while it was evaluated (dropout or
         # batch norm active during validation) is a common, silent mistake worth logging.
@@ -380,6 +393,7 @@ class Controller:
             "guard": self.guard.state_dict(),
             "events": [e.to_record() for e in self.events],
             "pending": {k: v.detach().cpu().clone() for k, v in self._pending.items()},
+            "probes": {p.name: p.state_dict() for p in self.probes},
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -406,6 +420,8 @@ class Controller:
         self.guard.load_state_dict(state["guard"])
         self.events = [Event.from_record(r) for r in state["events"]]
         self._pending = dict(state["pending"])
+        for probe in self.probes:
+            probe.load_state_dict(dict(state.get("probes", {}).get(probe.name, {})))
         self._write("resume", {"step": self.step})
 
 

@@ -27,7 +27,7 @@ from trimtab.controller import Controller
 from trimtab.errors import CallOrderError, ConfigError, ConfigTypeError, StateError
 from trimtab.log import EventLog, Sink
 from trimtab.policies import DEFAULT_POLICIES, POLICIES, Policy
-from trimtab.probes import DEFAULT_PROBES, PROBES, Probe
+from trimtab.probes import DEFAULT_PROBES, PRESETS, PROBES, Probe
 from trimtab.schedules import Schedule
 from trimtab.types import Event, Outcome
 
@@ -48,7 +48,8 @@ class Regime:
         optimizer: a ``torch.optim.Optimizer`` or a list of them (driven as one).
         total_steps: planned optimizer steps; ``should_stop`` turns true after them.
         policies: policy names (see ``trimtab.POLICIES``) or instances.
-        probes: probe names (see ``trimtab.PROBES``) or instances.
+        probes: probe names (see ``trimtab.PROBES``) or instances, or a preset name
+            (``"cheap"``, ``"standard"``, ``"thorough"``; see ``trimtab.probes.PRESETS``).
         log: path of the JSONL audit trail, or ``None`` to keep events in memory only.
         log_every: steps between signal snapshots in the log.
         snapshot_every: steps between known-good snapshots (kept on the CPU).
@@ -78,7 +79,7 @@ class Regime:
         *,
         total_steps: int | None = None,
         policies: Sequence[str | Policy] = DEFAULT_POLICIES,
-        probes: Sequence[str | Probe] = DEFAULT_PROBES,
+        probes: str | Sequence[str | Probe] = DEFAULT_PROBES,
         log: str | os.PathLike[str] | None = None,
         log_every: int = 10,
         snapshot_every: int = 25,
@@ -108,6 +109,10 @@ class Regime:
             raise ConfigTypeError(
                 f"arbiter must be a trimtab.ArbiterConfig, got {type(arbiter).__name__}"
             )
+        if isinstance(probes, str):
+            if probes not in PRESETS:
+                raise ConfigError(f"unknown probe preset {probes!r}; presets: {', '.join(PRESETS)}")
+            probes = PRESETS[probes]
         built_probes = _resolve(probes, PROBES, Probe, "probe")
         built_policies = _resolve(policies, POLICIES, Policy, "policy")
         present = {p.name for p in built_probes}
