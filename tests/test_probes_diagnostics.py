@@ -33,7 +33,7 @@ def test_loss_trend_recovers_a_scripted_slope_and_calls_plateaus():
     gen = torch.Generator().manual_seed(0)
     model = tiny_mlp()
     out = {}
-    for t in range(100):
+    for t in range(101):  # slope fits run every 10 steps: the last step fits
         loss = torch.tensor(2.0 - 0.01 * t) + 0.02 * torch.randn((), generator=gen)
         out = probe.before_step(ctx_for(model, t, loss))
     slope, band = out["loss_trend/slope"].item(), out["loss_trend/band"].item()
@@ -41,7 +41,7 @@ def test_loss_trend_recovers_a_scripted_slope_and_calls_plateaus():
     assert out["loss_trend/plateau"].item() == 0.0
     assert out["loss_trend/noise"].item() == pytest.approx(0.02, rel=0.3)
     flat = LossTrendProbe(window=64)
-    for t in range(100):
+    for t in range(101):
         loss = torch.tensor(0.5) + 0.001 * torch.randn((), generator=gen)
         out = flat.before_step(ctx_for(model, t, loss))
     assert out["loss_trend/plateau"].item() == 1.0

@@ -27,6 +27,7 @@ class LossTrendProbe(Probe):
         window: batch losses in the slope fit (>= 16).
         short, long: EMA time constants in steps.
         tight: relative change over the window below which a flat fit is a plateau.
+        fit_every: steps between slope fits (the EMAs and the window update every step).
     """
 
     name = "loss_trend"
@@ -40,8 +41,10 @@ class LossTrendProbe(Probe):
         short: int = 10,
         long: int = 100,
         tight: float = 0.02,
+        fit_every: int = 10,
     ) -> None:
         super().__init__(every=every)
+        self.fit_every = _checks.count("fit_every", fit_every)
         self.window = _checks.count("window", window, minimum=16)
         self.short = _checks.count("short", short)
         self.long = _checks.count("long", long)
@@ -60,6 +63,7 @@ class LossTrendProbe(Probe):
             "short": self.short,
             "long": self.long,
             "tight": self.tight,
+            "fit_every": self.fit_every,
         }
 
     def before_step(self, ctx: StepContext) -> dict[str, torch.Tensor]:
@@ -79,7 +83,7 @@ class LossTrendProbe(Probe):
                 self._ema[key] = torch.where(finite, updated, previous)  # NaN never enters
             out[f"loss_trend/{key}"] = self._ema[key]
         self._ring.push(torch.where(finite, loss, self._ema["ema_short"]))
-        if self._ring.count < 16:
+        if self._ring.count < 16 or ctx.step % self.fit_every:
             return out
         y = self._ring.values()
         n = y.numel()
