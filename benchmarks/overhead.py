@@ -51,16 +51,18 @@ def measure(steps: int = 400) -> list[dict[str, float]]:
     return [measure_task(task, steps) for task in OVERHEAD_TASKS]
 
 
-def measure_task(task: str, steps: int = 400) -> dict[str, float]:
-    """Median ratio of (trimtab step) / (plain step) time at the default cadence.
+def interleaved(
+    task: str, steps: int, **regime_kwargs: object
+) -> tuple[list[float], list[float], trimtab.Regime, torch.nn.Module]:
+    """Alternate a plain AdamW step and a trimtab step on twin models and batches.
 
-    Both loops do forward, backward and the AdamW update on the same model and batches;
-    steps alternate so machine noise hits both alike.
+    Returns the per-step time ratios and plain step times after 10 warm-up steps, the
+    Regime and its model. The trimtab step gets a closure, for probes that need one.
     """
     torch.set_num_threads(1)
     plain, plain_opt = _setup(task, 0)
     adapted, adapted_opt = _setup(task, 0)
-    regime = trimtab.Regime(adapted.model, adapted_opt)
+    regime = trimtab.Regime(adapted.model, adapted_opt, **regime_kwargs)  # type: ignore[arg-type]
     ratios, plain_times = [], []
     for step in range(steps):
         batch = plain.batch(step)
@@ -70,23 +72,27 @@ def measure_task(task: str, steps: int = 400) -> dict[str, float]:
         plain_opt.step()
         t1 = time.perf_counter()
         regime.backward(adapted.loss(adapted.model, batch))
-        regime.step()
+        regime.step(closure=lambda b=batch: adapted.loss(adapted.model, b))
         t2 = time.perf_counter()
-        if step >= 20:  # after warm-up
+        if step >= 10:  # after warm-up
             ratios.append((t2 - t1) / (t1 - t0))
             plain_times.append(t1 - t0)
+    return ratios, plain_times, regime, adapted.model
+
+
+def measure_task(task: str, steps: int = 400) -> dict[str, float]:
+    """Median ratio of (trimtab step) / (plain step) time at the default cadence."""
+    ratios, plain_times, regime, model = interleaved(task, steps)
+    guard = regime._controller.guard
     snapshot_bytes = sum(
-        t.numel() * t.element_size()
-        for snap in regime._controller.guard._snapshots
-        for t in list(snap.model.values())
+        t.numel() * t.element_size() for snap in guard._snapshots for t in snap.model.values()
     )
-    params = sum(p.numel() for p in adapted.model.parameters())
     return {
         "task": task,
         "median_ratio": statistics.median(ratios),
         "plain_step_ms": 1e3 * statistics.median(plain_times),
-        "params": params,
-        "snapshots": len(regime._controller.guard._snapshots),
+        "params": sum(p.numel() for p in model.parameters()),
+        "snapshots": len(guard._snapshots),
         "snapshot_weight_bytes": snapshot_bytes,
         "peak_plain_mb": peak_memory_mb(task, "plain"),
         "peak_trimtab_mb": peak_memory_mb(task, "trimtab"),

@@ -11,13 +11,11 @@ from __future__ import annotations
 import argparse
 import datetime
 import statistics
-import time
 from pathlib import Path
 
 import torch
 
-import trimtab
-from benchmarks.tasks import TASKS
+from benchmarks.overhead import interleaved
 from trimtab.probes import PRESETS, PROBES, PageHinkley
 
 REQUIRED = ("loss", "grad_norm", "nonfinite")
@@ -25,25 +23,7 @@ START, END = "<!-- probes:start -->", "<!-- probes:end -->"
 
 
 def _ratio(task: str, probes: tuple[str, ...], steps: int) -> float:
-    torch.set_num_threads(1)
-    plain = TASKS[task].build(0, steps)
-    adapted = TASKS[task].build(0, steps)
-    plain_opt = torch.optim.AdamW(plain.model.parameters(), lr=1e-3)
-    opt = torch.optim.AdamW(adapted.model.parameters(), lr=1e-3)
-    regime = trimtab.Regime(adapted.model, opt, policies=(), probes=list(probes))
-    ratios = []
-    for step in range(steps):
-        batch = plain.batch(step)
-        t0 = time.perf_counter()
-        plain_opt.zero_grad(set_to_none=True)
-        plain.loss(plain.model, batch).backward()
-        plain_opt.step()
-        t1 = time.perf_counter()
-        regime.backward(adapted.loss(adapted.model, batch))
-        regime.step(closure=lambda b=batch: adapted.loss(adapted.model, b))
-        t2 = time.perf_counter()
-        if step >= 10:
-            ratios.append((t2 - t1) / (t1 - t0))
+    ratios, _, regime, _ = interleaved(task, steps, policies=(), probes=list(probes))
     regime.close()
     return statistics.median(ratios)
 
