@@ -32,7 +32,9 @@ def _work(args: tuple) -> dict[str, Any]:
     return record
 
 
-def run(*, quick: bool, seeds: int, out: Path, workers: int) -> list[dict[str, Any]]:
+def run(
+    *, quick: bool, seeds: int, out: Path, workers: int, device: str = "cpu", factor: int = 1
+) -> list[dict[str, Any]]:
     out.mkdir(parents=True, exist_ok=True)
     methods = [m for m in FAULT_METHODS if METHODS[m].available()]
     jobs = []
@@ -41,10 +43,9 @@ def run(*, quick: bool, seeds: int, out: Path, workers: int) -> list[dict[str, A
         for method in methods:
             for seed in range(seeds):
                 for fault in (None, *FAULTS):
-                    cell = (task, method, LR, seed, steps, 20, fault)
-                    jobs.append(
-                        (cell, str(out / f"{task}__{method}__{seed}__{steps}__{fault}.json"))
-                    )
+                    cell = (task, method, LR, seed, steps, 20, fault, device, factor)
+                    name = f"{task}__{method}__{seed}__{steps}__{fault}{_size(device, factor)}"
+                    jobs.append((cell, str(out / f"{name}.json")))
     with mp.get_context("spawn").Pool(workers) as pool:
         records = list(pool.imap_unordered(_work, jobs))
     clean = {(r["task"], r["method"], r["seed"]): r for r in records if r["fault"] is None}
@@ -68,6 +69,10 @@ def run(*, quick: bool, seeds: int, out: Path, workers: int) -> list[dict[str, A
             }
         )
     return rows
+
+
+def _size(device: str, factor: int) -> str:
+    return "" if (device, factor) == ("cpu", 1) else f"__{device}x{factor}"
 
 
 def _collapsed(record: dict, clean: dict) -> bool:

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from benchmarks.methods import METHODS
-from benchmarks.tasks import TASKS
+from benchmarks.tasks import TASKS, Size
 
 FAULTS = ("nan_batch", "scaled_batch", "label_burst", "lr_x30", "overflow_storm")
 _FAULT_LENGTH = {
@@ -29,14 +29,17 @@ def run_cell(
     steps: int,
     evals: int = 20,
     fault: str | None = None,
+    device: str = "cpu",
+    factor: int = 1,
 ) -> dict[str, Any]:
     """Train and evaluate ``evals`` times; a non-finite loss does not stop the run.
 
-    ``fault`` injects one of ``FAULTS`` at 40 % of the run, lasting 1 to 10 steps.
+    ``fault`` injects one of ``FAULTS`` at 40 % of the run, lasting 1 to 10 steps;
+    ``device`` and ``factor`` (width and batch multiplier) size the task.
     """
     torch.set_num_threads(1)
     task = TASKS[task_name]
-    setup = task.build(seed, steps)
+    setup = task.build(seed, steps, Size(device, factor))
     method = METHODS[method_name].build(setup, lr, steps)
     every = max(1, steps // evals)
     curve: list[tuple[int, float]] = []
@@ -90,6 +93,8 @@ def run_cell(
         "steps": steps,
         "fault": fault,
         "fault_at": fault_at if fault else None,
+        "device": device,
+        "factor": factor,
         "final": final if math.isfinite(final) else None,
         "curve": curve,
         "diverged": not finite or not math.isfinite(final),

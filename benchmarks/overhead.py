@@ -10,14 +10,16 @@ import time
 import torch
 
 import trimtab
-from benchmarks.tasks import TASKS
+from benchmarks.tasks import TASKS, Size
 
 OVERHEAD_TASKS = ("width_128", "char_lm")
 _PEAK_SCRIPT = """
 import resource, sys, torch, trimtab
 from benchmarks.tasks import TASKS
 torch.set_num_threads(1)
-setup = TASKS[sys.argv[1]].build(0, 100)
+from benchmarks.tasks import Size
+device = sys.argv[3]
+setup = TASKS[sys.argv[1]].build(0, 100, Size(device, int(sys.argv[4])))
 opt = torch.optim.AdamW(setup.model.parameters(), lr=1e-3)
 regime = trimtab.Regime(setup.model, opt) if sys.argv[2] == "trimtab" else None
 for step in range(60):
@@ -26,14 +28,18 @@ for step in range(60):
         opt.zero_grad(); loss.backward(); opt.step()
     else:
         regime.backward(loss); regime.step()
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+if device == "cuda":
+    print(torch.cuda.max_memory_allocated() // 1024)
+else:
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 
 
-def peak_memory_mb(task: str, method: str) -> float:
-    """Peak resident memory of a fresh process training 60 steps (Linux: KiB -> MB)."""
+def peak_memory_mb(task: str, method: str, device: str = "cpu", factor: int = 1) -> float:
+    """Peak memory of a fresh process training 60 steps: resident memory on the CPU,
+    allocated GPU memory on cuda (both reported in KiB, returned in MB)."""
     result = subprocess.run(
-        [sys.executable, "-c", _PEAK_SCRIPT, task, method],
+        [sys.executable, "-c", _PEAK_SCRIPT, task, method, device, str(factor)],
         capture_output=True,
         text=True,
         check=True,
@@ -41,18 +47,24 @@ def peak_memory_mb(task: str, method: str) -> float:
     return int(result.stdout.strip().splitlines()[-1]) / 1024
 
 
-def _setup(task: str, seed: int):
-    setup = TASKS[task].build(seed, 100)
+def _setup(task: str, seed: int, size: Size):
+    setup = TASKS[task].build(seed, 100, size)
     return setup, torch.optim.AdamW(setup.model.parameters(), lr=1e-3)
 
 
-def measure(steps: int = 400) -> list[dict[str, float]]:
+def measure(steps: int = 400, device: str = "cpu", factor: int = 1) -> list[dict[str, float]]:
     """Overhead on a tiny MLP (where fixed Python cost dominates) and a small transformer."""
-    return [measure_task(task, steps) for task in OVERHEAD_TASKS]
+    return [measure_task(task, steps, device, factor) for task in OVERHEAD_TASKS]
+
+
+def _clock(device: str) -> float:
+    if device == "cuda":
+        torch.cuda.synchronize()  # time the work, not the launch
+    return time.perf_counter()
 
 
 def interleaved(
-    task: str, steps: int, **regime_kwargs: object
+    task: str, steps: int, device: str = "cpu", factor: int = 1, **regime_kwargs: object
 ) -> tuple[list[float], list[float], trimtab.Regime, torch.nn.Module]:
     """Alternate a plain AdamW step and a trimtab step on twin models and batches.
 
@@ -60,29 +72,31 @@ def interleaved(
     Regime and its model. The trimtab step gets a closure, for probes that need one.
     """
     torch.set_num_threads(1)
-    plain, plain_opt = _setup(task, 0)
-    adapted, adapted_opt = _setup(task, 0)
+    plain, plain_opt = _setup(task, 0, Size(device, factor))
+    adapted, adapted_opt = _setup(task, 0, Size(device, factor))
     regime = trimtab.Regime(adapted.model, adapted_opt, **regime_kwargs)  # type: ignore[arg-type]
     ratios, plain_times = [], []
     for step in range(steps):
         batch = plain.batch(step)
-        t0 = time.perf_counter()
+        t0 = _clock(device)
         plain_opt.zero_grad(set_to_none=True)
         plain.loss(plain.model, batch).backward()
         plain_opt.step()
-        t1 = time.perf_counter()
+        t1 = _clock(device)
         regime.backward(adapted.loss(adapted.model, batch))
         regime.step(closure=lambda b=batch: adapted.loss(adapted.model, b))
-        t2 = time.perf_counter()
+        t2 = _clock(device)
         if step >= 10:  # after warm-up
             ratios.append((t2 - t1) / (t1 - t0))
             plain_times.append(t1 - t0)
     return ratios, plain_times, regime, adapted.model
 
 
-def measure_task(task: str, steps: int = 400) -> dict[str, float]:
+def measure_task(
+    task: str, steps: int = 400, device: str = "cpu", factor: int = 1
+) -> dict[str, float]:
     """Median ratio of (trimtab step) / (plain step) time at the default cadence."""
-    ratios, plain_times, regime, model = interleaved(task, steps)
+    ratios, plain_times, regime, model = interleaved(task, steps, device, factor)
     guard = regime._controller.guard
     snapshot_bytes = sum(
         t.numel() * t.element_size() for snap in guard._snapshots for t in snap.model.values()
@@ -94,6 +108,6 @@ def measure_task(task: str, steps: int = 400) -> dict[str, float]:
         "params": sum(p.numel() for p in model.parameters()),
         "snapshots": len(guard._snapshots),
         "snapshot_weight_bytes": snapshot_bytes,
-        "peak_plain_mb": peak_memory_mb(task, "plain"),
-        "peak_trimtab_mb": peak_memory_mb(task, "trimtab"),
+        "peak_plain_mb": peak_memory_mb(task, "plain", device, factor),
+        "peak_trimtab_mb": peak_memory_mb(task, "trimtab", device, factor),
     }

@@ -16,6 +16,14 @@ from benchmarks.tasks import TASKS
 
 START = "<!-- benchmark:start -->"
 END = "<!-- benchmark:end -->"
+CUDA_START = "<!-- benchmark-cuda:start -->"
+CUDA_END = "<!-- benchmark-cuda:end -->"
+
+
+def _gpu_name() -> str:
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "unknown"
 
 
 def _fmt(value: float | None, higher: bool) -> str:
@@ -44,16 +52,22 @@ def write(
     results: Path,
     plots: Path,
     missing: list[str],
+    device: str = "cpu",
+    factor: int = 1,
 ) -> None:
     by_task: dict[str, list[dict]] = defaultdict(list)
     for r in records:
         by_task[r["task"]].append(r)
     scores = [score_task(t, by_task[t]) for t in tasks if by_task[t]]
-    lines = [START, "", f"## Benchmark suite ({'quick' if quick else 'full'} run)", ""]
+    start, end = (START, END) if device == "cpu" else (CUDA_START, CUDA_END)
+    kind = "quick" if quick else "full"
+    where = "CPU only" if device == "cpu" else f"GPU {_gpu_name()}, sizes x{factor}"
+    lines = [start, "", f"## Benchmark suite ({kind} run, {where})", ""]
     lines += [
-        f"Machine: {platform.machine()}, {platform.processor() or 'cpu'}, 2 cores, CPU only; "
+        f"Machine: {platform.machine()}, {platform.processor() or 'cpu'}; {where}; "
         f"date {datetime.date.today()}; commit `{_commit()}`; torch threads 1 per worker. "
-        f"Reproduce: `python -m benchmarks.run{' --quick' if quick else ''}`.",
+        f"Reproduce: `python -m benchmarks.run{' --quick' if quick else ''}"
+        f"{'' if device == 'cpu' else f' --device {device} --factor {factor}'}`.",
         "",
     ]
     if missing:
@@ -65,18 +79,20 @@ def write(
     if fault_rows:
         lines += _faults(fault_rows)
     lines += _overhead(cost)
+    if device != "cpu":
+        plots = plots / device
     _plots(records, scores, plots)
     lines += [
-        "Plots: `benchmarks/plots/final_vs_lr_<task>.png` (final metric against the "
-        "initial LR per method) and `benchmarks/plots/curves_<task>.png` (learning curves "
+        f"Plots: `{plots.as_posix()}/final_vs_lr_<task>.png` (final metric against the "
+        f"initial LR per method) and `{plots.as_posix()}/curves_<task>.png` (learning curves "
         "with trimtab's events marked).",
         "",
-        END,
+        end,
     ]
     text = results.read_text() if results.exists() else "# Results\n"
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        text = head + "\n".join(lines) + rest.split(END, 1)[1]
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        text = head + "\n".join(lines) + rest.split(end, 1)[1]
     else:
         text = text.rstrip() + "\n\n" + "\n".join(lines) + "\n"
     results.write_text(text)

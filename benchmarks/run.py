@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 from benchmarks import faults, overhead, report
 from benchmarks.harness import run_cell
 from benchmarks.methods import MAIN_METHODS, METHODS, QUICK_METHODS
@@ -24,8 +26,9 @@ QUICK_LRS = (1e-3, 1e-2, 1e-1)
 
 
 def _key(cell: tuple) -> str:
-    task, method, lr, seed, steps = cell
-    return f"{task}__{method}__{lr:g}__{seed}__{steps}"
+    task, method, lr, seed, steps, _evals, _fault, device, factor = cell
+    size = "" if (device, factor) == ("cpu", 1) else f"__{device}x{factor}"
+    return f"{task}__{method}__{lr:g}__{seed}__{steps}{size}"
 
 
 def _work(args: tuple) -> dict:
@@ -35,7 +38,14 @@ def _work(args: tuple) -> dict:
     return record
 
 
-def plan(quick: bool, tasks: list[str], methods: list[str], seeds: int) -> list[tuple]:
+def plan(
+    quick: bool,
+    tasks: list[str],
+    methods: list[str],
+    seeds: int,
+    device: str = "cpu",
+    factor: int = 1,
+) -> list[tuple]:
     cells = []
     for task in tasks:
         steps = TASKS[task].quick_steps if quick else TASKS[task].steps
@@ -43,7 +53,7 @@ def plan(quick: bool, tasks: list[str], methods: list[str], seeds: int) -> list[
             lrs = (QUICK_LRS if quick else LRS) if METHODS[method].uses_lr else (0.0,)
             for lr in lrs:
                 for seed in range(seeds):
-                    cells.append((task, method, lr, seed, steps))
+                    cells.append((task, method, lr, seed, steps, 20, None, device, factor))
     return cells
 
 
@@ -77,10 +87,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="benchmarks/out", help="cache of cell records")
     parser.add_argument("--results", default="benchmarks/RESULTS.md")
     parser.add_argument(
-        "--device", default="cpu", choices=["cpu"], help="only cpu is implemented so far"
+        "--device",
+        default="cpu",
+        choices=["cpu", "cuda"],
+        help="cuda runs the same suite at larger sizes (see --factor)",
+    )
+    parser.add_argument(
+        "--factor",
+        type=int,
+        default=None,
+        help="width and batch-size multiplier (default: 1 on cpu, 4 on cuda)",
     )
     parser.add_argument("--skip-faults", action="store_true")
     args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda needs a CUDA GPU, and torch.cuda.is_available() is False")
+    factor = args.factor or (4 if args.device == "cuda" else 1)
     tasks = args.tasks or list(QUICK_TASKS if args.quick else TASKS)
     wanted = args.methods or list(QUICK_METHODS if args.quick else MAIN_METHODS)
     missing = [m for m in wanted if not METHODS[m].available()]
@@ -91,14 +113,21 @@ def main(argv: list[str] | None = None) -> int:
             "(pip install -e '.[bench]')",
             file=sys.stderr,
         )
-    out = Path(args.out) / ("quick" if args.quick else "full")
-    records = execute(plan(args.quick, tasks, methods, args.seeds), out / "cells", args.workers)
+    name = ("quick" if args.quick else "full") + ("" if args.device == "cpu" else "-cuda")
+    out = Path(args.out) / name
+    cells = plan(args.quick, tasks, methods, args.seeds, args.device, factor)
+    records = execute(cells, out / "cells", args.workers)
     fault_rows = None
     if not args.skip_faults:
         fault_rows = faults.run(
-            quick=args.quick, seeds=args.seeds, out=out / "faults", workers=args.workers
+            quick=args.quick,
+            seeds=args.seeds,
+            out=out / "faults",
+            workers=args.workers,
+            device=args.device,
+            factor=factor,
         )
-    cost = overhead.measure(steps=150 if args.quick else 400)
+    cost = overhead.measure(steps=150 if args.quick else 400, device=args.device, factor=factor)
     report.write(
         records,
         methods,
@@ -109,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         results=Path(args.results),
         plots=Path("benchmarks/plots"),
         missing=missing,
+        device=args.device,
+        factor=factor,
     )
     print(f"wrote {args.results}")
     return 0

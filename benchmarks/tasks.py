@@ -32,13 +32,21 @@ class Setup:
 
 
 @dataclass(frozen=True)
+class Size:
+    """Where and how big: ``factor`` multiplies widths and batch sizes (GPU runs use 4)."""
+
+    device: str = "cpu"
+    factor: int = 1
+
+
+@dataclass(frozen=True)
 class Task:
     name: str
     metric: str
     higher_is_better: bool
     steps: int
     quick_steps: int
-    build: Callable[[int, int], Setup]  # (seed, steps) -> Setup
+    build: Callable[..., Setup]  # (seed, steps, size=Size()) -> Setup
     description: str
 
     def tolerance(self, oracle: float) -> float:
@@ -47,11 +55,14 @@ class Task:
 
 
 # -- data --------------------------------------------------------------------------------
-def _digits() -> tuple[torch.Tensor, torch.Tensor]:
+def _digits(device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     from sklearn.datasets import load_digits
 
     x, y = load_digits(return_X_y=True)
-    return torch.tensor(x / 16.0, dtype=torch.float32), torch.tensor(y)
+    return (
+        torch.tensor(x / 16.0, dtype=torch.float32, device=device),
+        torch.tensor(y, device=device),
+    )
 
 
 def _split(n: int, n_train: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,12 +134,15 @@ def _classifier(
 
 
 # -- tasks -------------------------------------------------------------------------------
-def digits_mlp(seed: int, steps: int, width: int = 128, faults: bool = False) -> Setup:
-    x, y = _digits()
+def digits_mlp(
+    seed: int, steps: int, size: Size = Size(), width: int = 128, faults: bool = False
+) -> Setup:
+    x, y = _digits(size.device)
     train, val = _split(len(x), 1400, seed)
     torch.manual_seed(seed)
-    model = _mlp([64, width, width, 10])
-    pick = _sampler(len(train), 64, seed)
+    width *= size.factor
+    model = _mlp([64, width, width, 10]).to(size.device)
+    pick = _sampler(len(train), 64 * size.factor, seed)
     fault_steps: dict[int, str] = {}
     if faults:
         fault_steps = {
@@ -161,11 +175,11 @@ def digits_mlp(seed: int, steps: int, width: int = 128, faults: bool = False) ->
 
 
 class _SmallCNN(nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, factor: int = 1) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(1, 16, 3, padding=1)
-        self.conv2 = nn.Conv2d(16, 32, 3, padding=1)
-        self.head = nn.Linear(32 * 4 * 4, 10)
+        self.conv1 = nn.Conv2d(1, 16 * factor, 3, padding=1)
+        self.conv2 = nn.Conv2d(16 * factor, 32 * factor, 3, padding=1)
+        self.head = nn.Linear(32 * factor * 4 * 4, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.view(-1, 1, 8, 8)
@@ -174,39 +188,40 @@ class _SmallCNN(nn.Module):
         return self.head(x.flatten(1))
 
 
-def digits_cnn(seed: int, steps: int) -> Setup:
-    x, y = _digits()
+def digits_cnn(seed: int, steps: int, size: Size = Size()) -> Setup:
+    x, y = _digits(size.device)
     train, val = _split(len(x), 1400, seed)
     torch.manual_seed(seed)
-    model = _SmallCNN()
-    return _classifier(model, x, y, train, val, 64, seed)
+    model = _SmallCNN(size.factor).to(size.device)
+    return _classifier(model, x, y, train, val, 64 * size.factor, seed)
 
 
-def tabular(seed: int, steps: int) -> Setup:
+def tabular(seed: int, steps: int, size: Size = Size()) -> Setup:
     from sklearn.datasets import load_breast_cancer
 
     features, labels = load_breast_cancer(return_X_y=True)
-    x = torch.tensor(features, dtype=torch.float32)
+    x = torch.tensor(features, dtype=torch.float32, device=size.device)
     x = (x - x.mean(0)) / x.std(0)
-    y = torch.tensor(labels)
+    y = torch.tensor(labels, device=size.device)
     train, val = _split(len(x), 400, seed)
     torch.manual_seed(seed)
-    model = _mlp([30, 64, 64, 2])
-    return _classifier(model, x, y, train, val, 32, seed)
+    model = _mlp([30, 64 * size.factor, 64 * size.factor, 2]).to(size.device)
+    return _classifier(model, x, y, train, val, 32 * size.factor, seed)
 
 
-def overfit_regression(seed: int, steps: int) -> Setup:
+def overfit_regression(seed: int, steps: int, size: Size = Size()) -> Setup:
     """Diabetes progression from 60 training rows with a 130k-parameter MLP."""
     from sklearn.datasets import load_diabetes
 
     features, target = load_diabetes(return_X_y=True)
-    x = torch.tensor(features, dtype=torch.float32)
+    x = torch.tensor(features, dtype=torch.float32, device=size.device)
     x = (x - x.mean(0)) / x.std(0)
-    y = torch.tensor(target, dtype=torch.float32).unsqueeze(1)
+    y = torch.tensor(target, dtype=torch.float32, device=size.device).unsqueeze(1)
     y = (y - y.mean()) / y.std()
     train, val = _split(len(x), 60, seed)
     torch.manual_seed(seed)
-    model = _mlp([10, 256, 256, 256, 1])
+    hidden = 256 * size.factor
+    model = _mlp([10, hidden, hidden, hidden, 1]).to(size.device)
     pick = _sampler(len(train), 20, seed)
 
     def evaluate(m: nn.Module) -> tuple[float, float]:
@@ -219,7 +234,7 @@ def overfit_regression(seed: int, steps: int) -> Setup:
     )
 
 
-def shift(seed: int, steps: int) -> Setup:
+def shift(seed: int, steps: int, size: Size = Size()) -> Setup:
     """Gaussian-blob classes whose inputs rotate and move halfway through the run."""
     gen = torch.Generator().manual_seed(seed)
     dim, classes = 20, 5
@@ -232,14 +247,15 @@ def shift(seed: int, steps: int) -> Setup:
         points = centres[labels] + torch.randn(n, dim, generator=g)
         if shifted:
             points = points @ rotation + offset
-        return points, labels
+        return points.to(size.device), labels.to(size.device)
 
     val_x, val_y = draw(1000, True, torch.Generator().manual_seed(seed + 99))
     torch.manual_seed(seed)
-    model = _mlp([dim, 64, 64, classes])
+    model = _mlp([dim, 64 * size.factor, 64 * size.factor, classes]).to(size.device)
 
     def batch(step: int) -> Batch:
-        return draw(64, step >= steps // 2, torch.Generator().manual_seed(seed * 100003 + step))
+        generator = torch.Generator().manual_seed(seed * 100003 + step)
+        return draw(64 * size.factor, step >= steps // 2, generator)
 
     return Setup(
         model,
@@ -251,15 +267,16 @@ def shift(seed: int, steps: int) -> Setup:
     )
 
 
-def finetune(seed: int, steps: int) -> Setup:
+def finetune(seed: int, steps: int, size: Size = Size()) -> Setup:
     """A backbone pretrained on digits 0-4, a new head for 5-9: two param groups."""
-    x, y = _digits()
+    x, y = _digits(size.device)
+    hidden = 128 * size.factor
     old, new = y < 5, y >= 5
     torch.manual_seed(seed)
-    backbone = _mlp([64, 128, 128])
+    backbone = _mlp([64, hidden, hidden])
     backbone.append(nn.ReLU())
-    pre_head = nn.Linear(128, 5)
-    pre = nn.Sequential(backbone, pre_head)
+    pre_head = nn.Linear(hidden, 5)
+    pre = nn.Sequential(backbone, pre_head).to(size.device)
     opt = torch.optim.AdamW(pre.parameters(), lr=3e-3)
     xo, yo = x[old], y[old]
     pick_old = _sampler(len(xo), 64, seed)
@@ -270,7 +287,7 @@ def finetune(seed: int, steps: int) -> Setup:
         opt.step()
     xn, yn = x[new], y[new] - 5
     train, val = _split(len(xn), 500, seed)
-    model = nn.Sequential(backbone, nn.Linear(128, 5))
+    model = nn.Sequential(backbone, nn.Linear(hidden, 5)).to(size.device)
     pick = _sampler(len(train), 32, seed)
     groups = [
         {"params": list(backbone.parameters()), "name": "backbone"},
@@ -312,15 +329,16 @@ class _TinyLM(nn.Module):
         return self.out(self.norm(h))
 
 
-def char_lm(seed: int, steps: int) -> Setup:
+def char_lm(seed: int, steps: int, size: Size = Size()) -> Setup:
     text = _corpus()
     vocab = sorted(set(text))
-    data = torch.tensor([vocab.index(c) for c in text], dtype=torch.long)
+    index = {c: i for i, c in enumerate(vocab)}
+    data = torch.tensor([index[c] for c in text], dtype=torch.long, device=size.device)
     split = int(0.9 * len(data))
     train, val = data[:split], data[split:]
     context = 64
     torch.manual_seed(seed)
-    model = _TinyLM(len(vocab), context=context)
+    model = _TinyLM(len(vocab), width=64 * size.factor, context=context).to(size.device)
     gen_val = torch.Generator().manual_seed(12345)
     starts = torch.randint(len(val) - context - 1, (64,), generator=gen_val)
     val_x = torch.stack([val[s : s + context] for s in starts])
@@ -328,7 +346,7 @@ def char_lm(seed: int, steps: int) -> Setup:
 
     def batch(step: int) -> Batch:
         g = torch.Generator().manual_seed(seed * 100003 + step)
-        s = torch.randint(len(train) - context - 1, (32,), generator=g)
+        s = torch.randint(len(train) - context - 1, (32 * size.factor,), generator=g)
         bx = torch.stack([train[i : i + context] for i in s])
         by = torch.stack([train[i + 1 : i + context + 1] for i in s])
         return bx, by
@@ -392,7 +410,7 @@ TASKS: dict[str, Task] = {
             True,
             600,
             200,
-            lambda seed, steps: digits_mlp(seed, steps, faults=True),
+            lambda seed, steps, size=Size(): digits_mlp(seed, steps, size, faults=True),
             "digits MLP with a NaN batch, two x1000 batches, 3 shuffled-label batches",
         ),
         Task(
@@ -411,7 +429,7 @@ TASKS: dict[str, Task] = {
                 True,
                 500,
                 150,
-                lambda seed, steps, w=w: digits_mlp(seed, steps, width=w),
+                lambda seed, steps, size=Size(), w=w: digits_mlp(seed, steps, size, width=w),
                 f"digits MLP at width {w} (same recipe, widths 8x apart)",
             )
             for w in (32, 64, 128, 256)
