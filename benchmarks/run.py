@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", nargs="*", help="subset of methods")
     parser.add_argument("--out", default="benchmarks/out", help="cache of cell records")
     parser.add_argument("--results", default="benchmarks/RESULTS.md")
+    parser.add_argument("--plots", default="benchmarks/plots", help="folder for the PNGs")
     parser.add_argument(
         "--device",
         default="cpu",
@@ -136,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         cost,
         quick=args.quick,
         results=Path(args.results),
-        plots=Path("benchmarks/plots"),
+        plots=Path(args.plots),
         missing=missing,
         device=args.device,
         factor=factor,
