@@ -276,6 +276,7 @@ class Controller:
             elif proposal.action is Action.STOP:
                 self.stop_requested = True
                 self._record(_action_event(self.step, EventKind.STOP, proposal))
+        self._couple_shared_lr(bases)
         if outcome is not Outcome.STEPPED:
             self._last_incident = self.step
         if rollback_events:
@@ -292,6 +293,43 @@ class Controller:
                     )
                 )
         return outcome
+
+    def _couple_shared_lr(self, bases: Mapping[tuple[Knob, str], float]) -> None:
+        """Give every group of a shared-lr optimizer (Prodigy) the lowest lr multiplier.
+
+        Prodigy refuses different non-zero lrs across its groups, so when a policy moved
+        one group's lr the others follow, each with its own event (no silent change).
+        """
+        for name in self.group_names:
+            siblings = self.actuator.lr_siblings(name)
+            if not siblings or any(
+                self.group_names.index(s) < self.group_names.index(name) for s in siblings
+            ):
+                continue  # handle each optimizer once, from its first group
+            members = (name, *siblings)
+            lowest = min(members, key=lambda g: self.multipliers.get((Knob.LR, g), 1.0))
+            target = self.multipliers.get((Knob.LR, lowest), 1.0)
+            for group in members:
+                old = self.multipliers.get((Knob.LR, group), 1.0)
+                if old == target:
+                    continue
+                self.multipliers[(Knob.LR, group)] = target
+                base = bases.get((Knob.LR, group), 1.0)
+                self._record(
+                    Event(
+                        step=self.step,
+                        knob=Knob.LR.value,
+                        group=group,
+                        old=base * old,
+                        new=base * target,
+                        policy="actuator",
+                        reason=(
+                            f"follows group {lowest!r}: "
+                            f"{type(self.actuator.handle(group).optimizer).__name__} needs one "
+                            "lr across its param groups"
+                        ),
+                    )
+                )
 
     def wants_micro_batches(self) -> bool:
         """Whether a probe due at this step reads per-micro-batch gradient norms."""

@@ -46,6 +46,7 @@ def describe_run(
             {
                 "name": handle.name,
                 "optimizer": type(handle.optimizer).__name__,
+                "family": handle.family.name,
                 "params": sum(p.numel() for p in group["params"]),
                 "tensors": len(group["params"]),
                 # biases and norm weights: decaying them is a common, silent mistake
