@@ -136,7 +136,9 @@ class Controller:
         ``micro_grad_sq_norms`` carries per-micro-batch gradient norms when accumulating.
         With an fp16 ``scaler`` (gradients already unscaled), non-finite gradients from a
         finite loss are an overflow: logged and skipped, not shown to the policies as
-        divergence.
+        divergence, and not shown to the probes either (an inf gradient would poison
+        their running averages). That check costs one more host read on fp16 steps, the
+        same flag the GradScaler's own step reads.
         """
         if self._ctx is not None:
             raise RuntimeError("before_step called twice without after_step")
@@ -151,16 +153,18 @@ class Controller:
             micro_grad_sq_norms=tuple(micro_grad_sq_norms),
             micro_batch_size=micro_batch_size,
         )
+        if scaler is not None:
+            overflow = self._overflow(ctx)
+            if overflow is not None:
+                self._ctx = ctx
+                self._record_overflow(scaler, overflow)
+                return Outcome.SKIPPED
         readings = dict(self._pending)
         self._pending = {}
         for probe in self.probes:
             if probe.due(self.step):
                 readings.update(probe.before_step(ctx))
         self.signals.record(self.step, _transfer(readings))
-        if scaler is not None and self._overflowed():
-            self._ctx = ctx
-            self._record_overflow(scaler)
-            return Outcome.SKIPPED
 
         view = PolicyView(
             step=self.step,
@@ -337,18 +341,31 @@ class Controller:
             getattr(p, "needs_micro_batches", False) and p.due(self.step) for p in self.probes
         )
 
-    def _overflowed(self) -> bool:
-        loss = self.signals.fresh("loss/train", self.step)
-        nonfinite = self.signals.fresh("nonfinite/any", self.step) == 1.0
-        return nonfinite and loss is not None and math.isfinite(loss)
+    def _overflow(self, ctx: StepContext) -> dict[str, float] | None:
+        """The evidence of an fp16 overflow (non-finite gradients, finite loss), or None.
 
-    def _record_overflow(self, scaler: torch.amp.GradScaler) -> None:
+        Reads the shared gradient norms (the grad_norm probe reuses them) and the loss in
+        one transfer. A non-finite loss is not an overflow: it goes to the policies.
+        """
+        norms = list(ctx.grad_norms().values())
+        if not norms:
+            return None
+        finite = torch.isfinite(torch.stack([n.float() for n in norms])).all().float()
+        values = {"finite": finite}
+        if ctx.loss is not None:
+            values["loss/train"] = ctx.loss
+        read = _transfer(values)
+        if read["finite"] == 1.0 or not math.isfinite(read.get("loss/train", 0.0)):
+            return None
+        return {k: v for k, v in read.items() if k != "finite"}
+
+    def _record_overflow(self, scaler: torch.amp.GradScaler, evidence: Mapping[str, float]) -> None:
         scale = scaler.get_scale()  # a sync, but only on overflow steps
         self._record_skip(
             "grad_scaler",
             f"fp16 gradient overflow at loss scale {scale:g} with a finite loss; the "
             "GradScaler skips the step and halves the scale (not a divergence)",
-            {"loss_scale": scale, **self.signals.snapshot(["loss/train"])},
+            {"loss_scale": scale, **evidence},
         )
 
     def _veto_nonfinite(self) -> Outcome:

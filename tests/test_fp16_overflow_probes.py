@@ -1,0 +1,49 @@
+"""An fp16 overflow the GradScaler handles must not reach the probes' running state."""
+
+import math
+
+import torch
+from tests.conftest import batch, tiny_mlp, tiny_regression
+
+from trimtab import Outcome, Regime
+
+
+def _run(precision, *, blow_up_at=5, updates=20, accumulate=2):
+    x, y = tiny_regression()
+    model = tiny_mlp()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    regime = Regime(model, optimizer, probes="thorough", precision=precision, accumulate=accumulate)
+    outcomes = []
+    for i in range(updates):
+        for k in range(accumulate):
+            xb, yb = batch(x, y, i * accumulate + k, size=16)
+            with regime.autocast():
+                loss = torch.nn.functional.mse_loss(model(xb).float(), yb)
+            if i == blow_up_at and k == 0:
+                loss = loss * 1e4  # finite, but x 65536 loss scale overflows fp16 backward
+            regime.backward(loss, batch_size=len(xb))
+            outcomes.append(regime.step())
+    return regime, [o for o in outcomes if o is not Outcome.ACCUMULATING]
+
+
+def test_an_overflow_is_skipped_logged_and_kept_from_the_probes():
+    regime, outcomes = _run("fp16")
+    overflows = [e for e in regime.events if e.policy == "grad_scaler"]
+    assert overflows and all(e.kind.value == "skip" for e in overflows)
+    assert outcomes.count(Outcome.SKIPPED) == len(overflows)
+    assert not [e for e in regime.events if e.policy != "grad_scaler"]  # no divergence
+    assert any(e.signals["loss/train"] > 1e3 for e in overflows)  # the forced one
+    assert all(math.isfinite(e.signals["loss/train"]) for e in overflows)
+    # Every signal, and every value in every window, is finite: the overflowed gradients
+    # were never measured (the noise probe's running averages used to turn NaN for good).
+    signals = regime.signals
+    assert {"noise/b_simple", "grad_norm/global"} <= set(signals.names())
+    for name in signals.names():
+        assert all(math.isfinite(v) for v in signals.window(name)), name
+    assert len(signals.window("grad_norm/global")) == regime.step_count
+
+
+def test_the_same_run_without_overflows_measures_every_update():
+    regime, outcomes = _run("bf16", blow_up_at=None)
+    assert outcomes.count(Outcome.STEPPED) == 20 and not regime.events
+    assert len(regime.signals.window("grad_norm/global")) == 20
