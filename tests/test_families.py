@@ -252,3 +252,17 @@ def test_the_run_header_names_each_group_family(tmp_path):
         ("muon", "muon"),
         ("adamw", "adam"),
     ]
+
+
+def test_a_schedule_warmup_on_top_of_schedule_free_warmup_is_refused():
+    schedulefree = pytest.importorskip("schedulefree")
+    from trimtab.schedules import StepDecay, WarmupCosine
+
+    model = tiny_mlp()
+    warming = schedulefree.AdamWScheduleFree(model.parameters(), lr=1e-2, warmup_steps=10)
+    with pytest.raises(ConfigError, match=r"warmup_steps=10\) and the WarmupCosine schedule"):
+        Regime(model, warming, total_steps=100, schedule=WarmupCosine(warmup=0.1))
+    # Either warmup alone is fine: a schedule without one, or the optimizer's set to 0.
+    Regime(model, warming, total_steps=100, schedule=StepDecay()).close()
+    plain = schedulefree.AdamWScheduleFree(model.parameters(), lr=1e-2, warmup_steps=0)
+    Regime(model, plain, total_steps=100, schedule=WarmupCosine(warmup=0.1)).close()

@@ -87,6 +87,8 @@ class Controller:
         if schedule is not None and schedule.momentum(0, total_steps or 1) is not None:
             knobs.add(Knob.MOMENTUM)
         self.actuator = Actuator(self.handles, sorted(knobs, key=lambda k: k.value))
+        if schedule is not None:
+            _refuse_double_warmup(schedule, total_steps or 1, self.actuator)
         self.arbiter = Arbiter(arbiter)
         self.signals = Signals()
         self.guard = Guard(model, self.optimizers, every=snapshot_every)
@@ -478,6 +480,26 @@ class Controller:
         for probe in self.probes:
             probe.load_state_dict(dict(state.get("probes", {}).get(probe.name, {})))
         self._write("resume", {"step": self.step})
+
+
+def _refuse_double_warmup(schedule: Schedule, total: int, actuator: Actuator) -> None:
+    """A schedule that ramps the lr up on an optimizer that warms up by itself compounds.
+
+    Schedule-free AdamW scales its lr by its own ``warmup_steps`` ramp; a trimtab warmup
+    on top would multiply the two ramps (the lr would start at their product).
+    """
+    start = schedule.lr_factor(0, total)
+    if start >= 1.0:
+        return
+    for handle in actuator.handles:
+        key = actuator.families[handle.name].warmup_key
+        if key is not None and handle.group.get(key, 0) > 0:
+            raise ConfigError(
+                f"{type(handle.optimizer).__name__} group {handle.name!r} warms up by itself "
+                f"({key}={handle.group[key]}) and the {type(schedule).__name__} schedule "
+                f"starts at {start:.3g} x lr: the two warmups would multiply. Set {key}=0 on "
+                "the optimizer, or use a schedule without a warmup."
+            )
 
 
 def _trainable(handle: GroupHandle) -> tuple[torch.Tensor, ...]:

@@ -37,6 +37,7 @@ class Family:
         momentum: where momentum lives: ``"momentum"``, ``"betas[0]"`` or ``None``.
         state_keys: param-group keys that hold algorithm state, restored by a rollback.
         shared_lr: every group with a non-zero lr must have the same lr (Prodigy).
+        warmup_key: group key of the optimizer's own lr warmup, if it has one.
         note: how trimtab's knobs act on this family.
     """
 
@@ -44,6 +45,7 @@ class Family:
     momentum: str | None
     state_keys: frozenset[str] = frozenset()
     shared_lr: bool = False
+    warmup_key: str | None = None
     note: str = ""
 
 
@@ -70,6 +72,7 @@ def family_of(optimizer: Any) -> Family:
             "schedule_free",
             momentum,
             SCHEDULE_FREE_STATE,
+            warmup_key="warmup_steps",
             note=(
                 "lr is the peak its warmup scales; each iterate's averaging weight is "
                 "lr_max**weight_lr_power, so a cut shrinks steps but not the averaging "
