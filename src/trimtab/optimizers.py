@@ -17,9 +17,13 @@ How trimtab acts on each (the actuator writes only ``lr``, ``momentum``/``betas[
   ``lr_max`` is the largest LR used so far: a trimtab cut makes the steps smaller but
   leaves the averaging weights as they were, while raising the LR above its previous
   maximum raises the weight of every later iterate for good. It must be in ``train()``
-  mode while stepping (``Regime.step`` checks) and ``eval()`` for evaluation.
+  mode while stepping (``Regime.step`` checks) and ``eval()`` for evaluation. A rollback
+  restores ``k``, ``weight_sum`` and ``lr_max`` with the averaged state; a trimtab
+  schedule that warms up is refused while its own ``warmup_steps`` is above 0.
 - Prodigy: the step is ``d x lr``; trimtab's multiplier scales ``lr`` around 1 and leaves
-  the estimate ``d`` to Prodigy.
+  the estimate ``d`` to Prodigy. A rollback restores its running sums (``d_numerator``,
+  ``k``) with the moments and keeps ``d``, so the cut applies to ``d x lr``; its groups
+  share one lr, so an lr change to one group moves them all (each logged).
 - Muon + AdamW: pass both to ``Regime`` as a list; groups are named across both.
 """
 
