@@ -104,6 +104,8 @@ class Regime:
         self.precision = precision
         self.accumulate = _checks.count("accumulate", accumulate)
         self.device_type = next(model.parameters()).device.type
+        if precision == "fp16":
+            _check_fp32_master_weights(self.optimizers)
         self._scaler = torch.amp.GradScaler(self.device_type) if precision == "fp16" else None
         if arbiter is not None and not isinstance(arbiter, ArbiterConfig):
             raise ConfigTypeError(
@@ -375,6 +377,23 @@ def _optimizers(optimizer: Any) -> tuple[torch.optim.Optimizer, ...]:
         if not item.param_groups:
             raise ConfigError(f"{type(item).__name__} has no param groups")
     return tuple(items)
+
+
+def _check_fp32_master_weights(optimizers: Sequence[torch.optim.Optimizer]) -> None:
+    """fp16 loss scaling needs fp32 weights (autocast runs the fp16 compute).
+
+    GradScaler cannot unscale fp16 gradients; without this check the first step fails
+    with torch's "Attempting to unscale FP16 gradients".
+    """
+    for optimizer in optimizers:
+        for group in optimizer.param_groups:
+            if any(p.dtype == torch.float16 for p in group["params"]):
+                raise ConfigError(
+                    f"{type(optimizer).__name__} holds float16 parameters, but "
+                    "precision='fp16' keeps the weights in float32 and runs the forward pass "
+                    "under regime.autocast(); drop model.half() (or use precision='bf16' "
+                    "with model.to(torch.bfloat16) for pure low-precision weights)"
+                )
 
 
 def _check_params(model: torch.nn.Module, optimizers: Sequence[torch.optim.Optimizer]) -> None:

@@ -1,11 +1,12 @@
-"""An fp16 overflow the GradScaler handles must not reach the probes' running state."""
+"""fp16: an overflow the GradScaler handles stays away from the probes; weights stay fp32."""
 
 import math
 
+import pytest
 import torch
 from tests.conftest import batch, tiny_mlp, tiny_regression
 
-from trimtab import Outcome, Regime
+from trimtab import ConfigError, Outcome, Regime
 
 
 def _run(precision, *, blow_up_at=5, updates=20, accumulate=2):
@@ -47,3 +48,11 @@ def test_the_same_run_without_overflows_measures_every_update():
     regime, outcomes = _run("bf16", blow_up_at=None)
     assert outcomes.count(Outcome.STEPPED) == 20 and not regime.events
     assert len(regime.signals.window("grad_norm/global")) == 20
+
+
+def test_fp16_with_half_precision_weights_is_refused_at_construction():
+    model = tiny_mlp().half()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ConfigError, match=r"float16 parameters.*drop model.half\(\)"):
+        Regime(model, optimizer, precision="fp16")
+    Regime(model, optimizer, precision="fp32").close()  # the user's own fp16 loop is allowed
