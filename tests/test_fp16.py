@@ -6,7 +6,7 @@ import pytest
 import torch
 from tests.conftest import batch, tiny_mlp, tiny_regression
 
-from trimtab import ConfigError, Outcome, Regime
+from trimtab import ConfigError, Outcome, Probe, Regime
 
 
 def _run(precision, *, blow_up_at=5, updates=20, accumulate=2):
@@ -56,3 +56,54 @@ def test_fp16_with_half_precision_weights_is_refused_at_construction():
     with pytest.raises(ConfigError, match=r"float16 parameters.*drop model.half\(\)"):
         Regime(model, optimizer, precision="fp16")
     Regime(model, optimizer, precision="fp32").close()  # the user's own fp16 loop is allowed
+
+
+class MicroNorms(Probe):
+    """Asks for per-micro-batch gradient norms and keeps them (as device tensors)."""
+
+    name = "micro_norms"
+    needs_micro_batches = True
+
+    def __init__(self):
+        super().__init__(every=1)
+        self.seen = []
+
+    def signals(self, groups):
+        return ()
+
+    def before_step(self, ctx):
+        self.seen.append(ctx.micro_grad_sq_norms)
+        return {}
+
+
+def test_fp16_micro_batch_norms_are_unscaled_without_reading_the_scale_to_the_host():
+    # Reference: the same micro-batches in fp32 (the tiny model's fp16 autocast differs
+    # from fp32 only by rounding). The fp16 run must divide the loss scale out on the
+    # device: GradScaler.get_scale() (a host read) is made to fail during backward.
+    x, y = tiny_regression()
+    seen = {}
+    for precision in ("fp32", "fp16"):
+        model = tiny_mlp()
+        probe = MicroNorms()
+        regime = Regime(
+            model,
+            torch.optim.SGD(model.parameters(), lr=0.0),
+            accumulate=3,
+            precision=precision,
+            probes=["loss", "grad_norm", "nonfinite", probe],
+        )
+        if regime._scaler is not None:
+
+            def no_host_read():
+                raise AssertionError("get_scale() syncs host and device")
+
+            regime._scaler.get_scale = no_host_read
+        for k in range(3):
+            xb, yb = x[8 * k : 8 * (k + 1)], y[8 * k : 8 * (k + 1)]
+            with regime.autocast():
+                loss = torch.nn.functional.mse_loss(model(xb).float(), yb)
+            regime.backward(loss, batch_size=8)
+            regime.step()
+        seen[precision] = [t.item() for t in probe.seen[0]]
+    assert len(seen["fp16"]) == 3
+    assert seen["fp16"] == pytest.approx(seen["fp32"], rel=1e-2)

@@ -215,7 +215,10 @@ class Regime:
         squared = torch.stack(torch._foreach_norm(diffs)).pow(2).sum()
         factor = float(self.accumulate) ** 2
         if self._scaler is not None:
-            squared = squared / self._scaler.get_scale() ** 2  # syncs, on cadence only
+            # The loss scale as a device tensor: GradScaler.scale multiplies on the device,
+            # where get_scale() would read the value to the host (a sync per micro-batch).
+            scale = self._scaler.scale(torch.ones((), device=squared.device))
+            squared = squared / scale.float() ** 2
         return squared * factor
 
     def step(self, closure: Callable[[], torch.Tensor] | None = None) -> Outcome:
