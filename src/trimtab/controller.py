@@ -451,6 +451,10 @@ class Controller:
             "events": [e.to_record() for e in self.events],
             "pending": {k: v.detach().cpu().clone() for k, v in self._pending.items()},
             "probes": {p.name: p.state_dict() for p in self.probes},
+            # a schedule is a function of (step, total_steps): saving its settings lets a
+            # resume check that it continues the same curve
+            "schedule": _schedule_settings(self.schedule),
+            "total_steps": self.total_steps,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -466,6 +470,12 @@ class Controller:
         missing = set(self.policy_states) - set(state["policy_states"])
         if missing:
             raise StateError(f"checkpoint lacks state for policies {sorted(missing)}")
+        if "schedule" in state and state["schedule"] != _schedule_settings(self.schedule):
+            raise StateError(
+                f"checkpoint was trained with schedule {state['schedule']}, this run has "
+                f"{_schedule_settings(self.schedule)}: build the Regime with the same "
+                "schedule to resume on the same curve"
+            )
         self.step = int(state["step"])
         self.attempts = int(state["attempts"])
         self.stop_requested = bool(state["stop_requested"])
@@ -479,7 +489,19 @@ class Controller:
         self._pending = dict(state["pending"])
         for probe in self.probes:
             probe.load_state_dict(dict(state.get("probes", {}).get(probe.name, {})))
-        self._write("resume", {"step": self.step})
+        resume: dict[str, Any] = {"step": self.step}
+        saved_total = state.get("total_steps", self.total_steps)
+        if saved_total != self.total_steps:
+            # allowed (e.g. extending a warmup-stable-decay run), but on the record
+            resume["total_steps"] = {"checkpoint": saved_total, "now": self.total_steps}
+        self._write("resume", resume)
+
+
+def _schedule_settings(schedule: Schedule | None) -> dict[str, Any] | None:
+    """A schedule's settings as plain data (tuples as lists), comparable after a reload."""
+    if schedule is None:
+        return None
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in schedule.settings().items()}
 
 
 def _refuse_double_warmup(schedule: Schedule, total: int, actuator: Actuator) -> None:
