@@ -1,9 +1,10 @@
 """Every optimizer family: knobs land where the family keeps them, and resume is exact.
 
 The toolbox matrix (test_toolbox) checks that each family trains under every precision
-and accumulation; this checks the two contracts per family on its hardest path: the
-value each knob has *inside* ``optimizer.step()`` (base x schedule x multiplier, at the
-family's own location), and checkpoint -> resume with fp16, accumulation and a schedule.
+and accumulation; this checks two more contracts per family: the value each knob has
+*inside* ``optimizer.step()`` (base x schedule x multiplier, at the family's own
+location), and checkpoint -> resume with a schedule under every precision and
+accumulation (bit-identical on the CPU).
 """
 
 import pytest
@@ -106,28 +107,30 @@ def test_inside_the_step_each_knob_is_base_x_schedule_x_multiplier(family):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_resume_is_exact_with_fp16_accumulation_and_a_schedule(family):
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_resume_is_exact_under_every_precision_and_accumulation(family, precision, accumulate):
     def fresh():
         model = mlp(seed=3)
         regime = Regime(
             model,
             build(family, model),
             total_steps=16,
-            precision="fp16",
-            accumulate=2,
+            precision=precision,
+            accumulate=accumulate,
             schedule=WarmupCosine(warmup=0.2),
             snapshot_every=4,
         )
         return model, regime
 
     straight, straight_regime = fresh()
-    train(straight_regime, straight, 16, accumulate=2)
+    train(straight_regime, straight, 16, accumulate=accumulate)
     first, first_regime = fresh()
-    train(first_regime, first, 8, accumulate=2)
+    train(first_regime, first, 8, accumulate=accumulate)
     saved = first_regime.state_dict()
     resumed, resumed_regime = fresh()
     resumed_regime.load_state_dict(saved)
-    train(resumed_regime, resumed, 8, start=8, accumulate=2)
+    train(resumed_regime, resumed, 8, start=8, accumulate=accumulate)
     for a, b in zip(straight.parameters(), resumed.parameters(), strict=True):
         assert torch.equal(a, b)
     assert [e.to_record() for e in straight_regime.events] == [
