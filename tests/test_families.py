@@ -266,3 +266,45 @@ def test_a_schedule_warmup_on_top_of_schedule_free_warmup_is_refused():
     Regime(model, warming, total_steps=100, schedule=StepDecay()).close()
     plain = schedulefree.AdamWScheduleFree(model.parameters(), lr=1e-2, warmup_steps=0)
     Regime(model, plain, total_steps=100, schedule=WarmupCosine(warmup=0.1)).close()
+
+
+class SetLrMultiplier(Policy):
+    """Sets every group's lr multiplier to ``value`` at step ``at`` and 1.0 at ``back``."""
+
+    name = "set_lr"
+
+    def __init__(self, value, at, back):
+        self.value, self.at, self.back = value, at, back
+
+    def propose(self, view, state):
+        target = {self.at: self.value, self.back: 1.0}.get(view.step)
+        if target is None:
+            return [], state
+        return [Proposal(self.name, "scripted", Priority.SAFETY, knob=Knob.LR, target=target)], (
+            state
+        )
+
+
+def test_a_raise_on_schedule_free_lifts_its_averaging_weight_for_good():
+    # Each step adds lr_max**2 to weight_sum (weight_lr_power 2, r 0). A x2 multiplier for
+    # steps 3-4 lifts lr_max to 2 x base, and later steps keep the 4x weight after the
+    # multiplier is back at 1: documented, not undone.
+    from trimtab.arbiter import ArbiterConfig
+    from trimtab.types import Priority as P
+
+    model = tiny_mlp()
+    optimizer = _schedule_free(model.parameters(), lr=1e-2)
+    limits = ArbiterConfig(rate_limits={P.SAFETY: (0.01, 2.0)}, cooldown=0)
+    regime = Regime(model, optimizer, policies=[SetLrMultiplier(2.0, 3, 5)], arbiter=limits)
+    sums = []
+    x, y = tiny_regression()
+    for i in range(8):
+        xb, yb = batch(x, y, i)
+        regime.backward(torch.nn.functional.mse_loss(model(xb), yb))
+        regime.step()
+        sums.append(optimizer.param_groups[0]["weight_sum"])
+    added = [b - a for a, b in zip([0.0, *sums], sums, strict=False)]
+    assert added[:3] == pytest.approx([1e-4] * 3)
+    assert added[3:] == pytest.approx([4e-4] * 5)  # x2 lr at steps 3-4, and kept after
+    assert optimizer.param_groups[0]["lr_max"] == pytest.approx(2e-2)
+    assert optimizer.param_groups[0]["lr"] == 1e-2  # the base, between steps
