@@ -329,6 +329,12 @@ class Regime:
     # -- checkpoints -------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Model, optimizers and trimtab state: everything needed to resume exactly."""
+        if self._losses and self.accumulate > 1:
+            raise CallOrderError(
+                f"state_dict() in the middle of an update ({len(self._losses)} of "
+                f"{self.accumulate} micro-batches back-propagated): save right after the "
+                "step() that completes an update"
+            )
         if self._losses:
             raise CallOrderError("state_dict() between backward() and step(): step first")
         return {

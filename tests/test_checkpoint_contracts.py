@@ -1,4 +1,4 @@
-"""A checkpoint remembers its schedule, so a resume continues the same curve."""
+"""Checkpoints: they remember their schedule, and are refused mid-accumulation."""
 
 import pytest
 import torch
@@ -53,3 +53,19 @@ def test_checkpoints_from_before_schedules_were_saved_still_load():
     _, regime = _regime(WarmupCosine(warmup=0.3))
     regime.load_state_dict(saved)
     assert regime.step_count == 5
+
+
+def test_a_checkpoint_in_the_middle_of_an_accumulation_cycle_is_refused():
+    from trimtab import CallOrderError
+
+    model = tiny_mlp()
+    regime = Regime(model, torch.optim.SGD(model.parameters(), lr=0.1), accumulate=3)
+    x, y = tiny_regression()
+    regime.backward(torch.nn.functional.mse_loss(model(x[:8]), y[:8]))
+    regime.step()  # ACCUMULATING
+    with pytest.raises(CallOrderError, match=r"1 of 3 micro-batches"):
+        regime.state_dict()
+    for _ in range(2):
+        regime.backward(torch.nn.functional.mse_loss(model(x[:8]), y[:8]))
+        regime.step()
+    assert regime.state_dict()["version"] == 1  # right after the completing step()
