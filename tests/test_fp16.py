@@ -107,3 +107,26 @@ def test_fp16_micro_batch_norms_are_unscaled_without_reading_the_scale_to_the_ho
         seen[precision] = [t.item() for t in probe.seen[0]]
     assert len(seen["fp16"]) == 3
     assert seen["fp16"] == pytest.approx(seen["fp32"], rel=1e-2)
+
+
+def test_fp16_with_an_optimizer_whose_parameters_got_no_gradient():
+    # One optimizer per task head, one head per batch: the idle head's optimizer has no
+    # gradients, which GradScaler.step refuses; the Regime steps only the others.
+    torch.manual_seed(0)
+    body, first, second = (torch.nn.Linear(8, 16), torch.nn.Linear(16, 1), torch.nn.Linear(16, 1))
+    model = torch.nn.ModuleDict({"body": body, "first": first, "second": second})
+    optimizers = [
+        torch.optim.AdamW([{"params": m.parameters(), "name": n}], lr=1e-2)
+        for n, m in (("body", body), ("first", first), ("second", second))
+    ]
+    regime = Regime(model, optimizers, precision="fp16", policies=[])
+    x = torch.randn(32, 8)
+    for i in range(6):
+        head, idle = (first, second) if i % 2 == 0 else (second, first)
+        before = [p.detach().clone() for p in idle.parameters()]
+        with regime.autocast():
+            loss = head(torch.tanh(body(x))).float().pow(2).mean()
+        regime.backward(loss)
+        regime.step()
+        assert all(torch.equal(a, b) for a, b in zip(before, idle.parameters(), strict=True))
+    assert regime.step_count >= 4  # a few early steps may be scaler overflows

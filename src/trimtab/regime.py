@@ -259,10 +259,13 @@ class Regime:
         try:
             if outcome is Outcome.STEPPED:
                 for optimizer in self.optimizers:
-                    if scaler is not None:
-                        scaler.step(optimizer)
-                    else:
+                    if scaler is None:
                         optimizer.step()
+                    elif _has_grads(optimizer):
+                        # GradScaler asserts on an optimizer none of whose parameters got
+                        # a gradient (e.g. the head a multi-task batch did not use); such
+                        # an optimizer.step() would not update anything anyway.
+                        scaler.step(optimizer)
         finally:
             self._controller.after_step(outcome)
             if scaler is not None:
@@ -386,6 +389,10 @@ def _optimizers(optimizer: Any) -> tuple[torch.optim.Optimizer, ...]:
         if not item.param_groups:
             raise ConfigError(f"{type(item).__name__} has no param groups")
     return tuple(items)
+
+
+def _has_grads(optimizer: torch.optim.Optimizer) -> bool:
+    return any(p.grad is not None for g in optimizer.param_groups for p in g["params"])
 
 
 def _check_fp32_master_weights(optimizers: Sequence[torch.optim.Optimizer]) -> None:
