@@ -60,7 +60,17 @@ class NoiseProbe(Probe):
 
     def _smooth(self, key: str, value: torch.Tensor) -> torch.Tensor:
         old = self._ema.get(key)
-        new = value if old is None else self.beta * old.to(value.device) + (1 - self.beta) * value
+        if old is None:
+            new = value
+        else:
+            old = old.to(value.device)
+            blended = self.beta * old + (1 - self.beta) * value
+            # A non-finite reading (a NaN batch the controller then vetoes) must not poison
+            # the average for the rest of the run: keep the old one, and let a finite
+            # reading replace an average that never became finite. On device, no sync.
+            new = torch.where(
+                torch.isfinite(value), torch.where(torch.isfinite(old), blended, value), old
+            )
         self._ema[key] = new
         return new
 
