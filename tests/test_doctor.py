@@ -133,7 +133,7 @@ def test_backbone_moving_like_the_head_is_drift_but_a_slow_one_is_not():
                     {
                         "name": "g0",
                         "optimizer": "AdamW",
-                        "tensors_1d": 4,
+                        "vector_tensors": 4,
                         "hyperparameters": {"weight_decay": 0.1},
                     }
                 ]
@@ -163,7 +163,7 @@ def test_fp16_with_recorded_loss_scaling_and_small_decay_are_quiet():
             {
                 "name": "g0",
                 "optimizer": "AdamW",
-                "tensors_1d": 4,
+                "vector_tensors": 4,
                 "hyperparameters": {"weight_decay": 0.01},
             }
         ],

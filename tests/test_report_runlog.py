@@ -24,7 +24,7 @@ def test_series_match_the_raw_records(tmp_path):
     assert run.events, "lr=2.0 on this task diverges, so the guard must have acted"
     assert [o.step for o in run.observations] == [10, 20, 30, 40, 50, 60]
     assert all(o.model_training is True for o in run.observations)
-    assert run.schema == 1 and run.header["groups"][0]["tensors_1d"] == 2
+    assert run.schema == 1 and run.header["groups"][0]["vector_tensors"] == 2
 
 
 def test_header_describes_dtypes_and_modules(tmp_path):
@@ -35,7 +35,7 @@ def test_header_describes_dtypes_and_modules(tmp_path):
 
 
 def test_older_logs_without_schema_or_new_fields_still_load():
-    # A schema-0 log: no "schema" key, observe without model_training, no tensors_1d.
+    # A schema-0 log: no "schema" key, observe without model_training, no vector_tensors.
     records = [
         {"type": "run", "groups": [{"name": "g0", "optimizer": "Adam"}]},
         {"type": "signals", "step": 0, "values": {"loss/train": 2.0}},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from trimtab import schedules
 from trimtab.arbiter import ArbiterConfig
 from trimtab.controller import Controller
 from trimtab.errors import (
@@ -12,6 +13,7 @@ from trimtab.errors import (
     TrimtabError,
 )
 from trimtab.log import read_log
+from trimtab.optimizers import OptimizerDefaults, build_optimizer, optimizer_defaults
 from trimtab.policies import POLICIES, Plateau, Policy, StabilityGuard
 from trimtab.probes import PROBES, Probe
 from trimtab.regime import Regime
@@ -30,6 +32,7 @@ __all__ = [
     "Event",
     "EventKind",
     "Knob",
+    "OptimizerDefaults",
     "Outcome",
     "Plateau",
     "Policy",
@@ -41,5 +44,8 @@ __all__ = [
     "StateError",
     "TrimtabError",
     "__version__",
+    "build_optimizer",
+    "optimizer_defaults",
     "read_log",
+    "schedules",
 ]

@@ -8,20 +8,22 @@ loops; framework integrations call it from their pre-optimizer-step hook.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 
-from trimtab import _checks
+from trimtab import _checks, stats
 from trimtab.actuator import Actuator, GroupHandle
 from trimtab.arbiter import Arbiter, ArbiterConfig
-from trimtab.errors import StateError
+from trimtab.errors import ConfigError, ConfigTypeError, StateError
 from trimtab.guard import Guard
 from trimtab.log import EventLog, Sink
 from trimtab.policies import Policy, PolicyView
 from trimtab.probes import GroupView, Probe, StepContext
 from trimtab.run_header import describe_run
+from trimtab.schedules import Schedule
 from trimtab.signals import Signals
 from trimtab.types import Action, Decision, Event, EventKind, Knob, Outcome, Rejection
 
@@ -43,6 +45,8 @@ class Controller:
         sinks: further receivers of every log record (TensorBoard, MLflow, ...).
         log_every: cadence of signal snapshots in the log.
         snapshot_every: cadence of known-good snapshots.
+        schedule: a base schedule composed under the adaptive multipliers.
+        run_info: extra facts for the run header (precision, accumulation, ...).
     """
 
     def __init__(
@@ -59,6 +63,8 @@ class Controller:
         sinks: Sequence[Sink] = (),
         log_every: int = 10,
         snapshot_every: int = 25,
+        schedule: Schedule | None = None,
+        run_info: Mapping[str, Any] | None = None,
     ) -> None:
         self.model = model
         self.optimizers = tuple(optimizers)
@@ -68,10 +74,21 @@ class Controller:
         self.policies = tuple(policies)
         self.total_steps = total_steps
         self.log_every = _checks.count("log_every", log_every)
+        if schedule is not None and not isinstance(schedule, Schedule):
+            raise ConfigTypeError(
+                f"schedule must be a trimtab.schedules.Schedule, got {type(schedule).__name__}"
+            )
+        if schedule is not None and total_steps is None:
+            raise ConfigError("a schedule needs total_steps: pass Regime(..., total_steps=N)")
+        self.schedule = schedule
         knobs = {Knob.LR}
         for policy in self.policies:
             knobs.update(getattr(policy, "knobs", ()))
+        if schedule is not None and schedule.momentum(0, total_steps or 1) is not None:
+            knobs.add(Knob.MOMENTUM)
         self.actuator = Actuator(self.handles, sorted(knobs, key=lambda k: k.value))
+        if schedule is not None:
+            _refuse_double_warmup(schedule, total_steps or 1, self.actuator)
         self.arbiter = Arbiter(arbiter)
         self.signals = Signals()
         self.guard = Guard(model, self.optimizers, every=snapshot_every)
@@ -94,6 +111,10 @@ class Controller:
             self.policies,
             self.arbiter.config,
             total_steps=total_steps,
+            extra={
+                "schedule": None if schedule is None else schedule.settings(),
+                **dict(run_info or {}),
+            },
         )
         for sink in self.sinks:
             sink.start(header)
@@ -109,11 +130,17 @@ class Controller:
         closure: Callable[[], torch.Tensor] | None = None,
         micro_grad_sq_norms: Sequence[torch.Tensor] = (),
         micro_batch_size: int | None = None,
+        scaler: torch.amp.GradScaler | None = None,
     ) -> Outcome:
         """Measure, decide and write knobs. Syncs host and device once (one transfer).
 
         ``closure`` recomputes the loss on this batch for probes that need extra passes;
         ``micro_grad_sq_norms`` carries per-micro-batch gradient norms when accumulating.
+        With an fp16 ``scaler`` (gradients already unscaled), non-finite gradients from a
+        finite loss are an overflow: logged and skipped, not shown to the policies as
+        divergence, and not shown to the probes either (an inf gradient would poison
+        their running averages). That check costs one more host read on fp16 steps, the
+        same flag the GradScaler's own step reads.
         """
         if self._ctx is not None:
             raise RuntimeError("before_step called twice without after_step")
@@ -123,10 +150,17 @@ class Controller:
             loss=loss,
             groups=groups,
             model=self.model,
+            optimizers=self.optimizers,
             closure=closure,
             micro_grad_sq_norms=tuple(micro_grad_sq_norms),
             micro_batch_size=micro_batch_size,
         )
+        if scaler is not None:
+            overflow = self._overflow(ctx)
+            if overflow is not None:
+                self._ctx = ctx
+                self._record_overflow(scaler, overflow)
+                return Outcome.SKIPPED
         readings = dict(self._pending)
         self._pending = {}
         for probe in self.probes:
@@ -140,6 +174,7 @@ class Controller:
             signals=self.signals,
             groups=self.group_names,
             multipliers=dict(self.multipliers),
+            bases=self.planned_bases(),
         )
         proposals = []
         for policy in self.policies:
@@ -152,9 +187,11 @@ class Controller:
         )
         self.rejections.extend(rejections)
         outcome = self._enact(decisions)
+        if outcome is Outcome.STEPPED and self.signals.fresh("nonfinite/any", self.step) == 1.0:
+            outcome = self._veto_nonfinite()
         self._ctx = ctx
         if outcome is Outcome.STEPPED:
-            self.actuator.apply(self.multipliers)
+            self.actuator.apply(self._targets())
         if self.step % self.log_every == 0:
             self._log_signals()
         return outcome
@@ -176,6 +213,18 @@ class Controller:
             self.guard.take(self.step)
 
     def observe(self, metrics: Mapping[str, float]) -> None:
+        metrics = dict(metrics)
+        train = self.signals.get("loss_trend/ema_short")
+        if train is None and self.signals.window("loss/train"):
+            train = stats.median(self.signals.window("loss/train"))
+        if "val_loss" in metrics and train is not None and math.isfinite(train):
+            # the generalization gap, and its trend: a rising gap is the onset of
+            # memorization even while both losses still fall
+            metrics["gap"] = metrics["val_loss"] - train
+            gaps = [*[v for _, v in self.signals.observations("gap")][-4:], metrics["gap"]]
+            if len(gaps) >= 3:
+                fit = stats.trend(gaps)
+                metrics["gap_slope"], metrics["gap_band"] = fit.slope, fit.halfwidth
         self.signals.observe(self.step, metrics)
         # Whether the model was left in training mode while it was evaluated (dropout or
         # batch norm active during validation) is a common, silent mistake worth logging.
@@ -202,7 +251,7 @@ class Controller:
     # -- effects -----------------------------------------------------------------------
     def _enact(self, decisions: Sequence[Decision]) -> Outcome:
         outcome = Outcome.STEPPED
-        bases = self.actuator.bases()
+        bases = self.planned_bases()
         rollback_events = []
         for decision in decisions:
             proposal = decision.proposal
@@ -233,6 +282,7 @@ class Controller:
             elif proposal.action is Action.STOP:
                 self.stop_requested = True
                 self._record(_action_event(self.step, EventKind.STOP, proposal))
+        self._couple_shared_lr(bases)
         if outcome is not Outcome.STEPPED:
             self._last_incident = self.step
         if rollback_events:
@@ -250,16 +300,129 @@ class Controller:
                 )
         return outcome
 
+    def _couple_shared_lr(self, bases: Mapping[tuple[Knob, str], float]) -> None:
+        """Give every group of a shared-lr optimizer (Prodigy) the lowest lr multiplier.
+
+        Prodigy refuses different non-zero lrs across its groups, so when a policy moved
+        one group's lr the others follow, each with its own event (no silent change).
+        """
+        for name in self.group_names:
+            siblings = self.actuator.lr_siblings(name)
+            if not siblings or any(
+                self.group_names.index(s) < self.group_names.index(name) for s in siblings
+            ):
+                continue  # handle each optimizer once, from its first group
+            members = (name, *siblings)
+            lowest = min(members, key=lambda g: self.multipliers.get((Knob.LR, g), 1.0))
+            target = self.multipliers.get((Knob.LR, lowest), 1.0)
+            for group in members:
+                old = self.multipliers.get((Knob.LR, group), 1.0)
+                if old == target:
+                    continue
+                self.multipliers[(Knob.LR, group)] = target
+                base = bases.get((Knob.LR, group), 1.0)
+                self._record(
+                    Event(
+                        step=self.step,
+                        knob=Knob.LR.value,
+                        group=group,
+                        old=base * old,
+                        new=base * target,
+                        policy="actuator",
+                        reason=(
+                            f"follows group {lowest!r}: "
+                            f"{type(self.actuator.handle(group).optimizer).__name__} needs one "
+                            "lr across its param groups"
+                        ),
+                    )
+                )
+
+    def wants_micro_batches(self) -> bool:
+        """Whether a probe due at this step reads per-micro-batch gradient norms."""
+        return any(
+            getattr(p, "needs_micro_batches", False) and p.due(self.step) for p in self.probes
+        )
+
+    def _overflow(self, ctx: StepContext) -> dict[str, float] | None:
+        """The evidence of an fp16 overflow (non-finite gradients, finite loss), or None.
+
+        Reads the shared gradient norms (the grad_norm probe reuses them) and the loss in
+        one transfer. A non-finite loss is not an overflow: it goes to the policies.
+        """
+        norms = list(ctx.grad_norms().values())
+        if not norms:
+            return None
+        finite = torch.isfinite(torch.stack([n.float() for n in norms])).all().float()
+        values = {"finite": finite}
+        if ctx.loss is not None:
+            values["loss/train"] = ctx.loss
+        read = _transfer(values)
+        if read["finite"] == 1.0 or not math.isfinite(read.get("loss/train", 0.0)):
+            return None
+        return {k: v for k, v in read.items() if k != "finite"}
+
+    def _record_overflow(self, scaler: torch.amp.GradScaler, evidence: Mapping[str, float]) -> None:
+        scale = scaler.get_scale()  # a sync, but only on overflow steps
+        self._record_skip(
+            "grad_scaler",
+            f"fp16 gradient overflow at loss scale {scale:g} with a finite loss; the "
+            "GradScaler skips the step and halves the scale (not a divergence)",
+            {"loss_scale": scale, **evidence},
+        )
+
+    def _veto_nonfinite(self) -> Outcome:
+        """Invariant 5, held whatever the policies: a non-finite value never steps."""
+        self._record_skip(
+            "controller",
+            "non-finite loss or gradient and no policy handled it; step skipped",
+            self.signals.snapshot(["loss/train", "grad_norm/global"]),
+        )
+        return Outcome.SKIPPED
+
+    def _record_skip(self, policy: str, reason: str, evidence: Mapping[str, float]) -> None:
+        """A skip decided by the controller itself (not by a policy's proposal)."""
+        self._last_incident = self.step
+        self._record(
+            Event(
+                step=self.step,
+                knob=None,
+                group=None,
+                old=None,
+                new=None,
+                policy=policy,
+                reason=reason,
+                kind=EventKind.SKIP,
+                signals=evidence,
+            )
+        )
+
     def _record(self, event: Event) -> None:
         self.events.append(event)
         self._write("event", event.to_record())
 
-    def effective(self) -> dict[str, float]:
-        """Effective value of every knob as ``"knob/group"`` (base x multiplier)."""
+    def planned_bases(self) -> dict[tuple[Knob, str], float]:
+        """The user's base values after the trimtab schedule, before adaptation."""
+        bases = self.actuator.bases()
+        if self.schedule is None:
+            return bases
+        total = self.total_steps or 1
+        factor = self.schedule.lr_factor(self.step, total)
+        momentum = self.schedule.momentum(self.step, total)
+        for (knob, group), value in bases.items():
+            if knob is Knob.LR:
+                bases[(knob, group)] = value * factor
+            elif knob is Knob.MOMENTUM and momentum is not None:
+                bases[(knob, group)] = momentum
+        return bases
+
+    def _targets(self) -> dict[tuple[Knob, str], float]:
         return {
-            f"{knob.value}/{group}": base * self.multipliers.get((knob, group), 1.0)
-            for (knob, group), base in self.actuator.bases().items()
+            key: base * self.multipliers.get(key, 1.0) for key, base in self.planned_bases().items()
         }
+
+    def effective(self) -> dict[str, float]:
+        """Effective value of every knob as ``"knob/group"`` (base x schedule x multiplier)."""
+        return {f"{knob.value}/{group}": v for (knob, group), v in self._targets().items()}
 
     def _log_signals(self) -> None:
         self._write(
@@ -287,6 +450,11 @@ class Controller:
             "guard": self.guard.state_dict(),
             "events": [e.to_record() for e in self.events],
             "pending": {k: v.detach().cpu().clone() for k, v in self._pending.items()},
+            "probes": {p.name: p.state_dict() for p in self.probes},
+            # a schedule is a function of (step, total_steps): saving its settings lets a
+            # resume check that it continues the same curve
+            "schedule": _schedule_settings(self.schedule),
+            "total_steps": self.total_steps,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -302,6 +470,12 @@ class Controller:
         missing = set(self.policy_states) - set(state["policy_states"])
         if missing:
             raise StateError(f"checkpoint lacks state for policies {sorted(missing)}")
+        if "schedule" in state and state["schedule"] != _schedule_settings(self.schedule):
+            raise StateError(
+                f"checkpoint was trained with schedule {state['schedule']}, this run has "
+                f"{_schedule_settings(self.schedule)}: build the Regime with the same "
+                "schedule to resume on the same curve"
+            )
         self.step = int(state["step"])
         self.attempts = int(state["attempts"])
         self.stop_requested = bool(state["stop_requested"])
@@ -313,7 +487,41 @@ class Controller:
         self.guard.load_state_dict(state["guard"])
         self.events = [Event.from_record(r) for r in state["events"]]
         self._pending = dict(state["pending"])
-        self._write("resume", {"step": self.step})
+        for probe in self.probes:
+            probe.load_state_dict(dict(state.get("probes", {}).get(probe.name, {})))
+        resume: dict[str, Any] = {"step": self.step}
+        saved_total = state.get("total_steps", self.total_steps)
+        if saved_total != self.total_steps:
+            # allowed (e.g. extending a warmup-stable-decay run), but on the record
+            resume["total_steps"] = {"checkpoint": saved_total, "now": self.total_steps}
+        self._write("resume", resume)
+
+
+def _schedule_settings(schedule: Schedule | None) -> dict[str, Any] | None:
+    """A schedule's settings as plain data (tuples as lists), comparable after a reload."""
+    if schedule is None:
+        return None
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in schedule.settings().items()}
+
+
+def _refuse_double_warmup(schedule: Schedule, total: int, actuator: Actuator) -> None:
+    """A schedule that ramps the lr up on an optimizer that warms up by itself compounds.
+
+    Schedule-free AdamW scales its lr by its own ``warmup_steps`` ramp; a trimtab warmup
+    on top would multiply the two ramps (the lr would start at their product).
+    """
+    start = schedule.lr_factor(0, total)
+    if start >= 1.0:
+        return
+    for handle in actuator.handles:
+        key = actuator.families[handle.name].warmup_key
+        if key is not None and handle.group.get(key, 0) > 0:
+            raise ConfigError(
+                f"{type(handle.optimizer).__name__} group {handle.name!r} warms up by itself "
+                f"({key}={handle.group[key]}) and the {type(schedule).__name__} schedule "
+                f"starts at {start:.3g} x lr: the two warmups would multiply. Set {key}=0 on "
+                "the optimizer, or use a schedule without a warmup."
+            )
 
 
 def _trainable(handle: GroupHandle) -> tuple[torch.Tensor, ...]:

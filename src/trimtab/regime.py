@@ -13,9 +13,10 @@ the call order straight and adds checkpointing of model and optimizers.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -26,10 +27,17 @@ from trimtab.controller import Controller
 from trimtab.errors import CallOrderError, ConfigError, ConfigTypeError, StateError
 from trimtab.log import EventLog, Sink
 from trimtab.policies import DEFAULT_POLICIES, POLICIES, Policy
-from trimtab.probes import DEFAULT_PROBES, PROBES, Probe
+from trimtab.probes import DEFAULT_PROBES, PRESETS, PROBES, Probe
+from trimtab.schedules import Schedule
 from trimtab.types import Event, Outcome
 
 STATE_VERSION = 1
+Precision = Literal["fp32", "bf16", "fp16"]
+_DTYPES: dict[str, torch.dtype | None] = {
+    "fp32": None,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+}
 
 
 class Regime:
@@ -40,12 +48,20 @@ class Regime:
         optimizer: a ``torch.optim.Optimizer`` or a list of them (driven as one).
         total_steps: planned optimizer steps; ``should_stop`` turns true after them.
         policies: policy names (see ``trimtab.POLICIES``) or instances.
-        probes: probe names (see ``trimtab.PROBES``) or instances.
+        probes: probe names (see ``trimtab.PROBES``) or instances, or a preset name
+            (``"cheap"``, ``"standard"``, ``"thorough"``; see ``trimtab.probes.PRESETS``).
         log: path of the JSONL audit trail, or ``None`` to keep events in memory only.
         log_every: steps between signal snapshots in the log.
         snapshot_every: steps between known-good snapshots (kept on the CPU).
         arbiter: bounds, rate limits and cooldowns for knob changes.
         reporters: extra receivers of the audit trail (see ``trimtab.log.Sink``).
+        schedule: a base schedule from ``trimtab.schedules`` (needs ``total_steps``);
+            effective LR = group lr x schedule x adaptive multiplier.
+        precision: ``"fp32"``, ``"bf16"`` (autocast, no scaler) or ``"fp16"`` (autocast
+            and dynamic loss scaling with ``torch.amp.GradScaler``); wrap the forward
+            pass in ``with regime.autocast():``.
+        accumulate: micro-batches per optimizer step; ``backward`` divides each loss by
+            this and ``step`` returns ``Outcome.ACCUMULATING`` until the last one.
 
     Example:
         >>> model = torch.nn.Linear(4, 1)
@@ -63,12 +79,15 @@ class Regime:
         *,
         total_steps: int | None = None,
         policies: Sequence[str | Policy] = DEFAULT_POLICIES,
-        probes: Sequence[str | Probe] = DEFAULT_PROBES,
+        probes: str | Sequence[str | Probe] = DEFAULT_PROBES,
         log: str | os.PathLike[str] | None = None,
         log_every: int = 10,
         snapshot_every: int = 25,
         arbiter: ArbiterConfig | None = None,
         reporters: Sequence[Sink] = (),
+        schedule: Schedule | None = None,
+        precision: Precision = "fp32",
+        accumulate: int = 1,
     ) -> None:
         if not isinstance(model, torch.nn.Module):
             raise ConfigTypeError(
@@ -80,13 +99,30 @@ class Regime:
         _check_params(model, self.optimizers)
         if total_steps is not None:
             total_steps = _checks.count("total_steps", total_steps)
+        if precision not in _DTYPES:
+            raise ConfigError(f"precision must be one of {sorted(_DTYPES)}, got {precision!r}")
+        self.precision = precision
+        self.accumulate = _checks.count("accumulate", accumulate)
+        self.device_type = next(model.parameters()).device.type
+        if precision == "fp16":
+            _check_fp32_master_weights(self.optimizers)
+        self._scaler = torch.amp.GradScaler(self.device_type) if precision == "fp16" else None
         if arbiter is not None and not isinstance(arbiter, ArbiterConfig):
             raise ConfigTypeError(
                 f"arbiter must be a trimtab.ArbiterConfig, got {type(arbiter).__name__}"
             )
+        if isinstance(probes, str):
+            if probes not in PRESETS:
+                raise ConfigError(f"unknown probe preset {probes!r}; presets: {', '.join(PRESETS)}")
+            probes = PRESETS[probes]
         built_probes = _resolve(probes, PROBES, Probe, "probe")
         built_policies = _resolve(policies, POLICIES, Policy, "policy")
         present = {p.name for p in built_probes}
+        if "nonfinite" not in present:
+            raise ConfigError(
+                "the 'nonfinite' probe is required: it keeps NaN and inf out of the weights; "
+                f"add it to probes= (got {sorted(present)})"
+            )
         for policy in built_policies:
             missing = [r for r in policy.requires if r not in present]
             if missing:
@@ -94,6 +130,7 @@ class Regime:
                     f"policy {policy.name!r} reads signals of probes {missing}, which are "
                     f"not enabled (enabled: {sorted(present)}); add them to probes="
                 )
+        self._params = [p for p in model.parameters() if p.requires_grad]
         self._controller = Controller(
             model,
             self.optimizers,
@@ -106,12 +143,32 @@ class Regime:
             sinks=tuple(reporters),
             log_every=log_every,
             snapshot_every=snapshot_every,
+            schedule=schedule,
+            run_info={
+                "precision": precision,
+                "loss_scaling": self._scaler is not None,
+                "accumulate": self.accumulate,
+            },
         )
-        self._loss: torch.Tensor | None = None
+        self._losses: list[torch.Tensor] = []
+        self._micro_sq_norms: list[torch.Tensor] = []
+        self._micro_batch_size: int | None = None
 
     # -- the loop ----------------------------------------------------------------------
-    def backward(self, loss: torch.Tensor) -> None:
-        """Record ``loss`` and back-propagate it (replaces ``loss.backward()``)."""
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """Context for the forward pass at the Regime's precision (a no-op for fp32)."""
+        dtype = _DTYPES[self.precision]
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=dtype)
+
+    def backward(self, loss: torch.Tensor, *, batch_size: int | None = None) -> None:
+        """Record ``loss`` and back-propagate it (replaces ``loss.backward()``).
+
+        With ``accumulate=N`` the loss is divided by N; with fp16 it is scaled by the
+        GradScaler. ``batch_size`` (samples in this micro-batch) lets the gradient-noise
+        probe express its estimate in samples.
+        """
         if not isinstance(loss, torch.Tensor):
             raise ConfigTypeError(
                 f"backward() needs the loss tensor, got {type(loss).__name__}; "
@@ -127,32 +184,93 @@ class Regime:
                 "the loss does not require grad: was it computed under torch.no_grad() "
                 "or from detached outputs?"
             )
-        if self._loss is not None:
+        if len(self._losses) >= self.accumulate:
             raise CallOrderError(
-                "backward() was called twice without step(); call regime.step() after each backward"
+                f"backward() was called {len(self._losses) + 1} times without step() "
+                f"(accumulate={self.accumulate}); call regime.step() after each backward"
             )
-        loss.backward()
-        self._loss = loss.detach().reshape(())
+        if batch_size is not None:
+            self._micro_batch_size = _checks.count("batch_size", batch_size)
+        scaled = loss / self.accumulate if self.accumulate > 1 else loss
+        if self._scaler is not None:
+            scaled = self._scaler.scale(scaled)
+        before = self._grads_if_measuring()
+        scaled.backward()
+        if before is not None:
+            self._micro_sq_norms.append(self._micro_sq_norm(before))
+        self._losses.append(loss.detach().reshape(()).float())
+
+    def _grads_if_measuring(self) -> list[torch.Tensor] | None:
+        """A copy of the accumulated gradients, only when a due probe wants micro-batches."""
+        if self.accumulate == 1 or not self._controller.wants_micro_batches():
+            return None
+        return [
+            p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p)
+            for p in self._params
+        ]
+
+    def _micro_sq_norm(self, before: list[torch.Tensor]) -> torch.Tensor:
+        """Squared norm of this micro-batch's own (unscaled, undivided) gradient."""
+        after = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self._params]
+        diffs = torch._foreach_sub(after, before)
+        squared = torch.stack(torch._foreach_norm(diffs)).pow(2).sum()
+        factor = float(self.accumulate) ** 2
+        if self._scaler is not None:
+            # The loss scale as a device tensor: GradScaler.scale multiplies on the device,
+            # where get_scale() would read the value to the host (a sync per micro-batch).
+            scale = self._scaler.scale(torch.ones((), device=squared.device))
+            squared = squared / scale.float() ** 2
+        return squared * factor
 
     def step(self, closure: Callable[[], torch.Tensor] | None = None) -> Outcome:
-        """Measure, decide, then step, skip or roll back; always clears the gradients.
+        """Measure, decide, then step, skip or roll back; clears the gradients after.
+
+        With ``accumulate=N`` the first N-1 calls only return ``Outcome.ACCUMULATING``.
 
         Args:
             closure: optional function that recomputes the loss on the current batch;
                 only expensive probes (e.g. curvature) call it, on their cadence.
 
-        Syncs host and device once per call (all due signals in one transfer).
+        Syncs host and device once per optimizer step (all due signals in one transfer).
         """
-        if self._loss is None:
+        if not self._losses:
             raise CallOrderError("step() needs a loss: call regime.backward(loss) first")
-        loss, self._loss = self._loss, None
-        outcome = self._controller.before_step(loss, closure=closure)
+        if len(self._losses) < self.accumulate:
+            return Outcome.ACCUMULATING
+        for optimizer in self.optimizers:
+            if any(group.get("train_mode") is False for group in optimizer.param_groups):
+                raise CallOrderError(
+                    f"{type(optimizer).__name__} is in eval mode; call optimizer.train() "
+                    "before training steps (and optimizer.eval() only to evaluate)"
+                )
+        losses, self._losses = self._losses, []
+        micro, self._micro_sq_norms = self._micro_sq_norms, []
+        loss = losses[0] if len(losses) == 1 else torch.stack(losses).mean()
+        scaler = self._scaler
+        if scaler is not None:
+            for optimizer in self.optimizers:
+                scaler.unscale_(optimizer)  # probes must read true gradients
+        outcome = self._controller.before_step(
+            loss,
+            closure=closure,
+            micro_grad_sq_norms=micro,
+            micro_batch_size=self._micro_batch_size,
+            scaler=scaler,
+        )
         try:
             if outcome is Outcome.STEPPED:
                 for optimizer in self.optimizers:
-                    optimizer.step()
+                    if scaler is None:
+                        optimizer.step()
+                    elif _has_grads(optimizer):
+                        # GradScaler asserts on an optimizer none of whose parameters got
+                        # a gradient (e.g. the head a multi-task batch did not use); such
+                        # an optimizer.step() would not update anything anyway.
+                        scaler.step(optimizer)
         finally:
             self._controller.after_step(outcome)
+            if scaler is not None:
+                scaler.update()
             for optimizer in self.optimizers:
                 optimizer.zero_grad(set_to_none=True)
         return outcome
@@ -215,13 +333,20 @@ class Regime:
     # -- checkpoints -------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Model, optimizers and trimtab state: everything needed to resume exactly."""
-        if self._loss is not None:
+        if self._losses and self.accumulate > 1:
+            raise CallOrderError(
+                f"state_dict() in the middle of an update ({len(self._losses)} of "
+                f"{self.accumulate} micro-batches back-propagated): save right after the "
+                "step() that completes an update"
+            )
+        if self._losses:
             raise CallOrderError("state_dict() between backward() and step(): step first")
         return {
             "version": STATE_VERSION,
             "model": self.model.state_dict(),
             "optimizers": [o.state_dict() for o in self.optimizers],
             "controller": self._controller.state_dict(),
+            "grad_scaler": None if self._scaler is None else self._scaler.state_dict(),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -240,6 +365,14 @@ class Regime:
         for optimizer, saved in zip(self.optimizers, state["optimizers"], strict=True):
             optimizer.load_state_dict(saved)
         self._controller.load_state_dict(state["controller"])
+        saved_scaler = state.get("grad_scaler")
+        if (saved_scaler is None) != (self._scaler is None):
+            raise StateError(
+                "checkpoint and Regime disagree on fp16 loss scaling; build the Regime "
+                "with the precision the checkpoint was saved with"
+            )
+        if self._scaler is not None:
+            self._scaler.load_state_dict(saved_scaler)
 
 
 def _optimizers(optimizer: Any) -> tuple[torch.optim.Optimizer, ...]:
@@ -257,6 +390,27 @@ def _optimizers(optimizer: Any) -> tuple[torch.optim.Optimizer, ...]:
         if not item.param_groups:
             raise ConfigError(f"{type(item).__name__} has no param groups")
     return tuple(items)
+
+
+def _has_grads(optimizer: torch.optim.Optimizer) -> bool:
+    return any(p.grad is not None for g in optimizer.param_groups for p in g["params"])
+
+
+def _check_fp32_master_weights(optimizers: Sequence[torch.optim.Optimizer]) -> None:
+    """fp16 loss scaling needs fp32 weights (autocast runs the fp16 compute).
+
+    GradScaler cannot unscale fp16 gradients; without this check the first step fails
+    with torch's "Attempting to unscale FP16 gradients".
+    """
+    for optimizer in optimizers:
+        for group in optimizer.param_groups:
+            if any(p.dtype == torch.float16 for p in group["params"]):
+                raise ConfigError(
+                    f"{type(optimizer).__name__} holds float16 parameters, but "
+                    "precision='fp16' keeps the weights in float32 and runs the forward pass "
+                    "under regime.autocast(); drop model.half() (or use precision='bf16' "
+                    "with model.to(torch.bfloat16) for pure low-precision weights)"
+                )
 
 
 def _check_params(model: torch.nn.Module, optimizers: Sequence[torch.optim.Optimizer]) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import platform
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -34,6 +34,7 @@ def describe_run(
     arbiter: ArbiterConfig,
     *,
     total_steps: int | None,
+    extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     from trimtab import __version__
 
@@ -45,10 +46,11 @@ def describe_run(
             {
                 "name": handle.name,
                 "optimizer": type(handle.optimizer).__name__,
+                "family": handle.family.name,
                 "params": sum(p.numel() for p in group["params"]),
-                # 1-D tensors are norm scales and biases: decaying them is usually a
-                # mistake, and the doctor lints it from this count.
-                "tensors_1d": sum(1 for p in group["params"] if p.dim() <= 1),
+                "tensors": len(group["params"]),
+                # biases and norm weights: decaying them is a common, silent mistake
+                "vector_tensors": sum(p.dim() <= 1 for p in group["params"]),
                 "hyperparameters": {k: _plain(v) for k, v in group.items() if k != "params"},
             }
         )
@@ -69,6 +71,7 @@ def describe_run(
         "probes": [{"name": p.name, **p.settings()} for p in probes],
         "policies": [{"name": p.name, "settings": p.settings()} for p in policies],
         "arbiter": arbiter.as_dict(),
+        **dict(extra or {}),
     }
 
 

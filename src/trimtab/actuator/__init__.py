@@ -2,8 +2,10 @@
 
 Between optimizer steps each group holds the user's *base* values, so a user's LR
 scheduler, or a loop that assigns ``group["lr"]`` every step, keeps working on the base.
-Just before ``optimizer.step()`` the actuator writes ``base x multiplier``; right after
-it puts the base back. Nothing compounds, and checkpoints hold the user's own values.
+Just before ``optimizer.step()`` the actuator writes the effective values the controller
+planned (base x trimtab schedule x adaptive multiplier); right after it puts the base
+back. Nothing compounds, and checkpoints hold the user's own values. How each optimizer
+family stores its knobs and its algorithm state is in ``adapters``.
 """
 
 from __future__ import annotations
@@ -31,6 +33,10 @@ class GroupHandle:
     def group(self) -> adapters.ParamGroup:
         return self.optimizer.param_groups[self.index]
 
+    @property
+    def family(self) -> adapters.Family:
+        return adapters.family_of(self.optimizer)
+
 
 class Actuator:
     """Writes effective values (base x multiplier) around each optimizer step."""
@@ -38,19 +44,40 @@ class Actuator:
     def __init__(self, handles: Sequence[GroupHandle], knobs: Sequence[Knob]) -> None:
         self.handles = tuple(handles)
         self.knobs = tuple(knobs)
+        self.families = {h.name: h.family for h in self.handles}
         for handle in self.handles:
             available = adapters.knobs_of(handle.group)
             missing = [
                 k.value for k in self.knobs if k is not Knob.MAX_GRAD_NORM and k not in available
             ]
             if missing:
+                family = self.families[handle.name]
+                where = f"momentum lives in {family.momentum}; " if family.momentum else ""
                 raise ConfigError(
-                    f"{type(handle.optimizer).__name__} group {handle.name!r} has no "
-                    f"{', '.join(missing)}; it exposes {sorted(k.value for k in available)}. "
-                    "Remove those knobs from the policies or use an optimizer that has them."
+                    f"{type(handle.optimizer).__name__} ({family.name} family) group "
+                    f"{handle.name!r} has no {', '.join(missing)}; {where}it exposes "
+                    f"{sorted(k.value for k in available)}. Remove those knobs from the "
+                    "policies and the schedule, or use an optimizer that has them."
                 )
         self._bases: dict[tuple[Knob, str], float] = {}
         self._applied = False
+
+    def handle(self, name: str) -> GroupHandle:
+        """The handle of group ``name``."""
+        return next(h for h in self.handles if h.name == name)
+
+    def lr_siblings(self, name: str) -> tuple[str, ...]:
+        """Other groups whose lr must move with group ``name`` (same Prodigy optimizer).
+
+        Prodigy raises at ``step()`` when groups hold different non-zero lrs, so a change
+        to one group's lr multiplier must be applied to all of that optimizer's groups.
+        """
+        handle = self.handle(name)
+        if not self.families[name].shared_lr:
+            return ()
+        return tuple(
+            h.name for h in self.handles if h.optimizer is handle.optimizer and h.name != name
+        )
 
     def bases(self) -> dict[tuple[Knob, str], float]:
         """The user's current values, read from the groups (valid between steps)."""
@@ -61,19 +88,17 @@ class Actuator:
             if knob is not Knob.MAX_GRAD_NORM
         }
 
-    def apply(self, multipliers: Mapping[tuple[Knob, str], float]) -> None:
-        """Write base x multiplier into every group; call right before the optimizer step."""
+    def apply(self, targets: Mapping[tuple[Knob, str], float]) -> None:
+        """Write the effective values ``targets`` (knob, group) -> value; call right before
+        the optimizer step. Values equal to the user's base are left untouched."""
         if self._applied:
             raise RuntimeError("Actuator.apply called twice without restore()")
         self._bases = self.bases()
         for handle in self.handles:
             for knob in self.knobs:
                 key = (knob, handle.name)
-                if key not in self._bases:
-                    continue
-                multiplier = multipliers.get(key, 1.0)
-                if multiplier != 1.0:
-                    adapters.write(handle.group, knob, self._bases[key] * multiplier)
+                if key in self._bases and key in targets and targets[key] != self._bases[key]:
+                    adapters.write(handle.group, knob, targets[key])
         self._applied = True
 
     def restore(self) -> None:
@@ -90,9 +115,18 @@ class Actuator:
         """Keep every group's hyperparameters across a block that reloads optimizer state.
 
         ``optimizer.load_state_dict`` also restores the saved param-group values; after a
-        rollback the current ones (the user's schedule, trimtab's cut) must win.
+        rollback the current ones (the user's schedule, trimtab's cut) must win. Keys a
+        family uses for algorithm state (schedule-free's ``k``/``weight_sum``/``lr_max``,
+        Prodigy's ``d`` estimate) are the exception: they come back from the snapshot
+        with the moments they belong to.
         """
-        saved = [(h, {k: v for k, v in h.group.items() if k != "params"}) for h in self.handles]
+        saved = []
+        for handle in self.handles:
+            state_keys = self.families[handle.name].state_keys
+            values = {
+                k: v for k, v in handle.group.items() if k != "params" and k not in state_keys
+            }
+            saved.append((handle, values))
         yield
         for handle, values in saved:
             handle.group.update(values)

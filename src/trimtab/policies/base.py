@@ -8,7 +8,7 @@ inputs always give the same proposals (which keeps distributed ranks in lockstep
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from trimtab.signals import Signals
@@ -26,9 +26,14 @@ class PolicyView:
     signals: Signals
     groups: tuple[str, ...]
     multipliers: Mapping[tuple[Knob, str], float]
+    bases: Mapping[tuple[Knob, str], float] = field(default_factory=dict)
 
     def multiplier(self, knob: Knob, group: str) -> float:
         return self.multipliers.get((knob, group), 1.0)
+
+    def base(self, knob: Knob, group: str) -> float:
+        """The user's own value (the schedule's, between steps); 1.0 when unknown."""
+        return self.bases.get((knob, group), 1.0)
 
 
 class Policy:

@@ -1,10 +1,20 @@
 """Stability guard: skip non-finite steps, roll back on divergence, then ramp back up.
 
-Divergence is judged against the run's own recent loss distribution (median and a
-MAD-based scale), so the same settings work for a loss of 2.3 and a loss of 0.01.
-After a rollback the learning rate is cut and brought back gradually to a ceiling;
-repeated divergences ratchet that ceiling down, which is how a learning rate that is
-far too high is found and fixed without a sweep.
+A spike is judged against the run's own recent loss distribution (median and an
+upper-tail robust scale) and against the progress made since the start, so the same
+settings work for a loss of 2.3 and a loss of 0.01. All checks run before the update,
+so a flagged batch never reaches the weights:
+
+- one batch far above range is skipped (it may be a bad batch);
+- if the next batch, at the same weights, is also well above range (a lower bar), or
+  the loss rises for a sustained stretch, the weights are bad: roll back to the last
+  known-good snapshot and cut the learning rate;
+- right after a rollback the restored (good) weights are checked on the next batches:
+  if the loss is still high there, the data changed, and after a few skipped batches
+  the new level is accepted instead of rolling back in a loop;
+- after a rollback the learning rate is brought back gradually to a ceiling; repeated
+  divergences ratchet that ceiling down, which is how a learning rate that is far too
+  high is found and fixed without a sweep.
 """
 
 from __future__ import annotations
@@ -28,6 +38,8 @@ class StabilityGuard(Policy):
         grad_z: robust z-score (on log gradient norm) above which the step is skipped.
         rel_floor: smallest loss scale, as a fraction of the median, so a very quiet
             loss does not turn noise into spikes.
+        early_floor: the smallest scale while fewer than ``min_history`` losses are known.
+        min_history: losses needed before the window's own spread is trusted.
         lost_fraction: a spike must also undo at least this share of the progress made
             since the first steps (a sustained rise, half of it).
         window: number of recent losses that define the normal range.
@@ -36,7 +48,7 @@ class StabilityGuard(Policy):
         cut: LR factor applied with a rollback.
         repeat_cut: LR factor when divergence repeats within ``memory`` steps.
         ceiling: after a repeated divergence, recovery stops at this fraction of the
-            multiplier that diverged.
+            effective learning rate that diverged.
         recovery_factor: LR factor per recovery step.
         recovery_every: healthy steps between recovery steps.
         memory: steps within which a second divergence counts as a repeat.
@@ -53,6 +65,8 @@ class StabilityGuard(Policy):
         sustained_steps: int = 6,
         grad_z: float = 6.0,
         rel_floor: float = 0.1,
+        early_floor: float = 0.5,
+        min_history: int = 8,
         lost_fraction: float = 0.2,
         window: int = 64,
         max_skips: int = 3,
@@ -70,6 +84,8 @@ class StabilityGuard(Policy):
         self.sustained_steps = _checks.count("sustained_steps", sustained_steps, minimum=2)
         self.grad_z = _checks.positive("grad_z", grad_z)
         self.rel_floor = _checks.in_open_unit("rel_floor", rel_floor)
+        self.early_floor = _checks.positive("early_floor", early_floor)
+        self.min_history = _checks.count("min_history", min_history)
         self.lost_fraction = _checks.in_open_unit("lost_fraction", lost_fraction)
         self.window = _checks.count("window", window, minimum=4)
         self.max_skips = _checks.count("max_skips", max_skips)
@@ -89,6 +105,8 @@ class StabilityGuard(Policy):
             "sustained_steps",
             "grad_z",
             "rel_floor",
+            "early_floor",
+            "min_history",
             "lost_fraction",
             "window",
             "max_skips",
@@ -109,9 +127,11 @@ class StabilityGuard(Policy):
             "skips_in_row": 0,
             "above_in_row": 0,
             "last_divergence": None,
-            "ceilings": {},  # group -> LR multiplier that recovery returns to
+            "ceilings": {},  # group -> {"lr": effective LR cap, "multiplier": pre-cut}
             "healthy_since": 0,
-            "sustained_at": None,  # step of a rollback caused by a sustained rise
+            "suspect": False,  # the previous batch was a spike (and was skipped)
+            "verifying": False,  # checking the first losses after a rollback
+            "shifted": [],  # high losses seen at the restored weights
         }
 
     def propose(self, view: PolicyView, state: PolicyState) -> tuple[list[Proposal], PolicyState]:
@@ -125,7 +145,10 @@ class StabilityGuard(Policy):
 
         if loss is not None and len(state["losses"]) >= 1:
             centre, sigma = stats.upper_range(state["losses"])
-            scale = max(sigma, self.rel_floor * abs(centre), 1e-12)
+            # Until the window holds min_history losses its spread is not known yet: only
+            # a loss several times the first ones counts (early_floor of the median).
+            floor = self.rel_floor if len(state["losses"]) >= self.min_history else self.early_floor
+            scale = max(sigma, floor * abs(centre), 1e-12)
             z = (loss - centre) / scale
             # Progress made since the start: a spike must also undo a real share of it,
             # so a batch at 0.05 when the median is 0.005 (and the start was 2.3) is noise.
@@ -138,27 +161,39 @@ class StabilityGuard(Policy):
                 "z": z,
                 "progress_lost": min(lost, 1e9),
             }
-            if z > self.spike_z and lost > self.lost_fraction:
+            spike = z > self.spike_z and lost > self.lost_fraction
+            high = z > self.sustained_z and lost > self.lost_fraction / 2
+            if state["verifying"]:
+                verdict = self._verify(state, loss, flagged=spike or high, evidence=evidence)
+                if verdict is not None:
+                    return verdict, state
+            if state["suspect"] and (spike or high):
+                why = (
+                    f"loss {loss:.4g} is still {z:.1f} robust sigmas above its recent median "
+                    f"{centre:.4g} on the batch after a spike (scale {scale:.3g})"
+                )
+                return self._diverged(view, state, why, evidence)
+            if spike:
                 why = (
                     f"loss {loss:.4g} is {z:.1f} robust sigmas above its recent median "
                     f"{centre:.4g} (scale {scale:.3g}, threshold {self.spike_z})"
-                    + (
-                        f" and undoes {lost:.0%} of the progress since the start"
-                        if progress > 0
-                        else ""
-                    )
                 )
-                return self._diverged(view, state, why, evidence)
-            high = z > self.sustained_z and lost > self.lost_fraction / 2
+                if progress > 0:
+                    why += f" and undoes {lost:.0%} of the progress since the start"
+                # One high batch may be a bad batch, not bad weights: skip it and judge the
+                # next one (at the same weights). The update never reaches the weights.
+                state["suspect"] = True
+                skip = Proposal(
+                    policy=self.name,
+                    reason=f"{why}; step skipped (if the next batch is high too: roll back)",
+                    priority=Priority.SAFETY,
+                    action=Action.SKIP,
+                    signals=evidence,
+                )
+                return [skip], state
+            state["suspect"] = False
             state["above_in_row"] = state["above_in_row"] + 1 if high else 0
-            if state["above_in_row"] >= self.sustained_steps and state["sustained_at"] is not None:
-                # The level moved again right after a rollback for the same reason: the
-                # data changed, not the weights. Accept the new level instead of looping.
-                recent = state["losses"][-(self.sustained_steps - 1) :]
-                state.update(losses=[*recent, loss], above_in_row=0, sustained_at=None)
-                return [], state
             if state["above_in_row"] >= self.sustained_steps:
-                state["sustained_at"] = view.step
                 why = (
                     f"loss stayed above {self.sustained_z} robust sigmas of its median "
                     f"{centre:.4g} for {state['above_in_row']} steps (now {loss:.4g})"
@@ -178,8 +213,6 @@ class StabilityGuard(Policy):
             if len(state["start_losses"]) < 8:
                 state["start_losses"] = [*state["start_losses"], loss]
         state["healthy_since"] += 1
-        if state["sustained_at"] is not None and view.step - state["sustained_at"] > self.memory:
-            state["sustained_at"] = None
         proposals.extend(self._recover(view, state))
         return proposals, state
 
@@ -205,6 +238,38 @@ class StabilityGuard(Policy):
             signals=evidence,
         )
         return [skip], state
+
+    def _verify(
+        self, state: PolicyState, loss: float, *, flagged: bool, evidence: dict[str, float]
+    ) -> list[Proposal] | None:
+        """Judge the losses seen right after a rollback, at the restored weights.
+
+        Those weights were good, so a high loss now is about the data: a burst of bad
+        batches is skipped; if it lasts ``sustained_steps`` batches the data has changed,
+        and the new level is accepted instead of rolling back in a loop.
+        """
+        if not flagged:
+            state.update(verifying=False, shifted=[])
+            return None
+        shifted = [*state["shifted"], loss]
+        if len(shifted) >= self.sustained_steps:
+            state.update(losses=shifted, shifted=[], verifying=False, above_in_row=0)
+            return []
+        state["shifted"] = shifted
+        why = (
+            f"loss {loss:.4g} is still high at the restored known-good weights "
+            f"({len(shifted)} of {self.sustained_steps} batches): this batch looks unlike "
+            "recent data; step skipped"
+        )
+        return [
+            Proposal(
+                policy=self.name,
+                reason=why,
+                priority=Priority.SAFETY,
+                action=Action.SKIP,
+                signals=evidence,
+            )
+        ]
 
     def _grad_outlier(self, state: PolicyState, grad_norm: float) -> Proposal | None:
         history = state["log_grad_norms"]
@@ -237,11 +302,25 @@ class StabilityGuard(Policy):
         cut = self.repeat_cut if repeated else self.cut
         for group in view.groups:
             current = view.multiplier(Knob.LR, group)
+            effective = current * view.base(Knob.LR, group)
             # An isolated spike may be one bad batch: recover fully. A repeat means the
-            # learning rate itself is too high: recover only to a fraction of it.
-            state["ceilings"][group] = current * self.ceiling if repeated else current
+            # learning rate itself is too high: recover only to a fraction of it. The
+            # ceiling is an effective LR, so a user schedule that lowers the base later
+            # (or a base that was briefly too high) does not keep the multiplier down.
+            before = state["ceilings"].get(group, {}).get("multiplier", current)
+            state["ceilings"][group] = {
+                "lr": effective * self.ceiling if repeated else effective,
+                "multiplier": max(before, current),  # never recover past the user's level
+            }
         # The loss window is kept: the snapshot restored is from that same stretch.
-        state.update(last_divergence=view.step, above_in_row=0, healthy_since=0)
+        state.update(
+            last_divergence=view.step,
+            suspect=False,
+            above_in_row=0,
+            healthy_since=0,
+            verifying=True,
+            shifted=[],
+        )
         kind = "repeated divergence" if repeated else "divergence"
         proposals = [
             Proposal(
@@ -270,16 +349,21 @@ class StabilityGuard(Policy):
         proposals = []
         for group, ceiling in sorted(state["ceilings"].items()):
             current = view.multiplier(Knob.LR, group)
-            if current >= ceiling * 0.999:
+            base = view.base(Knob.LR, group)
+            if base <= 0:
+                continue  # a schedule at zero: nothing to recover towards yet
+            limit = min(ceiling["multiplier"], ceiling["lr"] / base)
+            if current >= limit * 0.999:
                 continue
-            target = min(current * self.recovery_factor, ceiling)
+            target = min(current * self.recovery_factor, limit)
             proposals.append(
                 Proposal(
                     policy=self.name,
                     reason=(
                         f"{state['healthy_since']} healthy steps since the last divergence; "
                         f"raising lr multiplier {current:.3g} -> {target:.3g} "
-                        f"(recovery ceiling {ceiling:.3g})"
+                        f"(lr {current * base:.3g} -> {target * base:.3g}; ceiling lr "
+                        f"{ceiling['lr']:.3g})"
                     ),
                     priority=Priority.RECOVERY,
                     knob=Knob.LR,

@@ -43,6 +43,9 @@ class StepContext:
     loss: torch.Tensor | None
     groups: Sequence[GroupView]
     model: torch.nn.Module | None = None
+    # The optimizers, to *read* hyperparameters and state (e.g. Adam's second moments
+    # for preconditioned curvature). Only the actuator writes them.
+    optimizers: tuple[torch.optim.Optimizer, ...] = ()
     # Recomputes the loss on this step's batch (for probes that need extra passes, such
     # as Hessian-vector products); None when the loop did not pass one to step().
     closure: Callable[[], torch.Tensor] | None = None
@@ -105,3 +108,10 @@ class Probe:
 
     def settings(self) -> dict[str, object]:
         return {"every": self.every, "cost": self.cost.value}
+
+    def state_dict(self) -> dict[str, object]:
+        """State carried across steps (tensors allowed); saved with the Regime."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        """Restore what ``state_dict`` returned."""

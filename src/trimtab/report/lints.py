@@ -1,7 +1,7 @@
 """Set-up lints: mistakes read off the run header and the observe records.
 
 A lint needs no curve: Adam with L2 decay is a mistake whether or not it hurt this run.
-Fields that older logs lack (e.g. ``tensors_1d``) simply switch the matching lint off.
+Fields that older logs lack (e.g. ``vector_tensors``) simply switch the matching lint off.
 """
 
 from __future__ import annotations
@@ -75,11 +75,11 @@ def adam_l2(run: RunLog) -> Finding | None:
 
 def decay_on_norms(run: RunLog) -> Finding | None:
     """Weight decay applied to 1-D tensors (norm scales and biases)."""
-    hits = [g for g in run.groups if g.get("tensors_1d", 0) > 0 and _hyper(g, "weight_decay") > 0]
+    hits = [g for g in run.groups if g.get("vector_tensors", 0) > 0 and _hyper(g, "weight_decay") > 0]
     if not hits:
         return None
     decay = max(_hyper(g, "weight_decay") for g in hits)
-    tensors = sum(int(g["tensors_1d"]) for g in hits)
+    tensors = sum(int(g["vector_tensors"]) for g in hits)
     return Finding(
         code="decay_on_norms",
         kind=Kind.LINT,
@@ -89,7 +89,7 @@ def decay_on_norms(run: RunLog) -> Finding | None:
             f"weight_decay up to {fmt(decay)} ({[g.get('name') for g in hits]})"
         ),
         advice="put 1-D parameters in a param group with weight_decay=0",
-        values={"tensors_1d": float(tensors), "weight_decay": decay},
+        values={"vector_tensors": float(tensors), "weight_decay": decay},
         severity=Severity.WARNING if decay >= DECAY_WARNING else Severity.NOTE,
     )
 
@@ -97,16 +97,19 @@ def decay_on_norms(run: RunLog) -> Finding | None:
 def fp16_without_scaling(run: RunLog) -> Finding | None:
     """fp16 weights or autocast without a loss scaler lose small gradients to underflow.
 
-    The precision comes from ``header["amp"]`` when a writer records it (``dtype``,
-    ``loss_scaling``); otherwise from the parameter dtypes, assuming no loss scaling.
+    The precision comes from the Regime's ``precision`` and ``loss_scaling`` header
+    fields (or ``header["amp"]`` from other writers); otherwise from the parameter
+    dtypes, assuming no loss scaling.
     """
     amp = run.header.get("amp") or {}
     dtypes = run.header.get("model", {}).get("dtypes", {})
     half = int(dtypes.get("float16", 0))
-    uses_fp16 = amp.get("dtype") == "float16" or half > 0
-    if not uses_fp16 or amp.get("loss_scaling"):
+    fp16_autocast = amp.get("dtype") == "float16" or run.header.get("precision") == "fp16"
+    if not (fp16_autocast or half > 0):
         return None
-    source = "amp dtype float16" if amp.get("dtype") == "float16" else f"{half} fp16 parameters"
+    if amp.get("loss_scaling") or run.header.get("loss_scaling"):
+        return None
+    source = "fp16 autocast" if fp16_autocast else f"{half} fp16 parameters"
     return Finding(
         code="fp16_no_loss_scaling",
         kind=Kind.LINT,

@@ -171,7 +171,7 @@ def loss_spike(run: RunLog) -> Finding | None:
 
 def units_killed(run: RunLog) -> Finding | None:
     """ReLU units alive at the start and dead later: large steps knocked them out."""
-    dead = run.finite("activations/dead_relu")
+    dead = run.finite("activations/dead")
     if len(dead) < 4:
         return None
     early = dead[0][1]
@@ -183,7 +183,7 @@ def units_killed(run: RunLog) -> Finding | None:
         kind=Kind.SYMPTOM,
         title="large steps killed most ReLU units",
         evidence=(
-            f"activations/dead_relu rose from {fmt(early)} at step {dead[0][0]} to "
+            f"activations/dead rose from {fmt(early)} at step {dead[0][0]} to "
             f"{fmt(late)} (median of the second half)"
         ),
         advice="lower the learning rate (3-10x) or add warmup; the units died during training",
@@ -193,7 +193,7 @@ def units_killed(run: RunLog) -> Finding | None:
 
 def dead_units(run: RunLog) -> Finding | None:
     """Most ReLU units silent from the first batch: initialisation or input scale."""
-    dead = run.finite("activations/dead_relu")
+    dead = run.finite("activations/dead")
     if not dead or dead[0][1] < DEAD_AT_START:
         return None
     return Finding(
@@ -201,7 +201,7 @@ def dead_units(run: RunLog) -> Finding | None:
         kind=Kind.SYMPTOM,
         title="most ReLU units are dead from the start",
         evidence=(
-            f"activations/dead_relu = {fmt(dead[0][1])} at step {dead[0][0]} and "
+            f"activations/dead = {fmt(dead[0][1])} at step {dead[0][0]} and "
             f"{fmt(dead[-1][1])} at step {dead[-1][0]}"
         ),
         advice="fix the initialisation (biases, He init) or the input scale, or use a leaky "
@@ -213,7 +213,7 @@ def dead_units(run: RunLog) -> Finding | None:
 
 def saturation(run: RunLog) -> Finding | None:
     """Tanh units pinned near +-1 pass almost no gradient."""
-    sat = run.finite("activations/saturated_tanh")
+    sat = run.finite("activations/saturated")
     level = _median([v for _, v in sat])
     if not sat or level < SATURATED:
         return None
@@ -221,7 +221,7 @@ def saturation(run: RunLog) -> Finding | None:
         code="saturation",
         kind=Kind.SYMPTOM,
         title="tanh units are saturated",
-        evidence=f"activations/saturated_tanh median {fmt(level)} over {len(sat)} snapshots",
+        evidence=f"activations/saturated median {fmt(level)} over {len(sat)} snapshots",
         advice="scale the initial weights down (Xavier init) or normalise the inputs; "
         "add normalisation layers",
         values={"saturated_tanh": level},

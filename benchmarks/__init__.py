@@ -1,0 +1,1 @@
+"""trimtab's benchmark suite: tasks x methods x LRs; run ``python -m benchmarks.run``."""

@@ -1,0 +1,251 @@
+"""The methods compared: the recipes users pick today, each as its documentation suggests,
+and trimtab on top of AdamW.
+
+A method wraps the optimizer machinery for one run: ``step(loss)`` does backward and the
+update, ``observe(val_loss)`` feeds validation, ``eval_mode()``/``train_mode()`` bracket
+evaluation (schedule-free evaluates its averaged weights).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+import trimtab
+from benchmarks.tasks import Setup
+
+
+def _warmup_cosine(steps: int, warmup: float = 0.05) -> Callable[[int], float]:
+    w = max(1, int(warmup * steps))
+
+    def factor(step: int) -> float:
+        if step < w:
+            return (step + 1) / w
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - w) / max(1, steps - w))))
+
+    return factor
+
+
+class Method:
+    """Plain loop: backward, optional clipping, optimizer step, optional scheduler step."""
+
+    def __init__(self, setup: Setup, lr: float, steps: int) -> None:
+        self.setup = setup
+        self.events: list[dict] = []
+        self.skipped = 0
+        self.optimizer = self.make_optimizer(setup.groups, lr, steps)
+        self.scheduler = self.make_scheduler(steps)
+
+    def make_optimizer(self, groups, lr, steps) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(groups, lr=lr)
+
+    def make_scheduler(self, steps: int):
+        return None
+
+    def clip(self) -> None:
+        """Hook between backward and step."""
+
+    def step(self, loss: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.clip()
+        self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+
+    def observe(self, val_loss: float) -> None:
+        """Validation result after each evaluation."""
+
+    def eval_mode(self) -> None: ...
+
+    def train_mode(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class AdamWCosine(Method):
+    def make_scheduler(self, steps):
+        return torch.optim.lr_scheduler.LambdaLR(self.optimizer, _warmup_cosine(steps))
+
+
+class AdamWCosineClip(AdamWCosine):
+    def clip(self) -> None:
+        torch.nn.utils.clip_grad_norm_(self.setup.model.parameters(), 1.0)
+
+
+class AdamWCosineZClip(AdamWCosine):
+    def __init__(self, setup, lr, steps):
+        from zclip import ZClip
+
+        super().__init__(setup, lr, steps)
+        self.zclip = ZClip()  # its README defaults: alpha 0.97, z 2.5, adaptive scaling
+
+    def clip(self) -> None:
+        self.zclip.step(self.setup.model)
+
+
+class AdamWSkipNonFinite(AdamWCosine):
+    """What many training scripts do by hand: skip a step whose gradients are not finite."""
+
+    def step(self, loss):
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        params = [p for p in self.setup.model.parameters() if p.grad is not None]
+        norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
+        if torch.isfinite(norm):
+            self.optimizer.step()
+        else:
+            self.skipped += 1
+        self.scheduler.step()
+
+
+class AdamWPlateau(Method):
+    def make_scheduler(self, steps):
+        return None
+
+    def __init__(self, setup, lr, steps):
+        super().__init__(setup, lr, steps)
+        self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.optimizer, factor=0.5, patience=2
+        )
+
+    def observe(self, val_loss):
+        self.plateau.step(val_loss if math.isfinite(val_loss) else 1e9)
+
+
+class SGDNesterovCosine(Method):
+    def make_optimizer(self, groups, lr, steps):
+        return torch.optim.SGD(groups, lr=lr * 10, momentum=0.9, nesterov=True)
+
+    def make_scheduler(self, steps):
+        return torch.optim.lr_scheduler.LambdaLR(self.optimizer, _warmup_cosine(steps))
+
+
+class ScheduleFree(Method):
+    """schedulefree.AdamWScheduleFree; evaluates the averaged weights in eval mode."""
+
+    betas = (0.9, 0.999)
+    weight_decay = 0.0
+    warmup = 0.05
+
+    def make_optimizer(self, groups, lr, steps):
+        from schedulefree import AdamWScheduleFree
+
+        opt = AdamWScheduleFree(
+            groups,
+            lr=self.fixed_lr or lr,
+            betas=self.betas,
+            weight_decay=self.weight_decay,
+            warmup_steps=int(self.warmup * steps),
+        )
+        opt.train()
+        return opt
+
+    fixed_lr: float | None = None
+
+    def eval_mode(self):
+        self.optimizer.eval()
+
+    def train_mode(self):
+        self.optimizer.train()
+
+
+class ScheduleFreeAlgoPerf(ScheduleFree):
+    """The fixed configuration that won the AlgoPerf 2024 self-tuning track."""
+
+    fixed_lr = 0.0025
+    betas = (0.9, 0.9955)
+    weight_decay = 0.08121616522670176
+    warmup = 0.02
+
+
+class ProdigyCosine(Method):
+    """prodigyopt.Prodigy at lr=1 with cosine annealing, as its README recommends."""
+
+    def make_optimizer(self, groups, lr, steps):
+        from prodigyopt import Prodigy
+
+        return Prodigy(groups, lr=1.0, weight_decay=0.0)
+
+    def make_scheduler(self, steps):
+        return torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=steps)
+
+
+class DoG(Method):
+    def make_optimizer(self, groups, lr, steps):
+        from dog import DoG as DoGOptimizer
+
+        return DoGOptimizer(groups, lr=1.0)
+
+
+class Trimtab(Method):
+    """AdamW given the grid's LR, driven by trimtab's default policies."""
+
+    fixed_lr: float | None = None
+
+    def __init__(self, setup, lr, steps):
+        super().__init__(setup, self.fixed_lr or lr, steps)
+        self.regime = trimtab.Regime(setup.model, self.optimizer, total_steps=steps)
+
+    def step(self, loss):
+        self.regime.backward(loss)
+        if self.regime.step() is trimtab.Outcome.SKIPPED:
+            self.skipped += 1
+
+    def observe(self, val_loss):
+        self.regime.observe(val_loss=val_loss)
+
+    def close(self):
+        self.events = [e.to_record() for e in self.regime.events]
+        self.regime.close()
+
+
+class TrimtabAuto(Trimtab):
+    """trimtab given no learning rate: AdamW's library default (1e-3) as the start."""
+
+    fixed_lr = 1e-3
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    build: type[Method]
+    uses_lr: bool
+    needs: str | None = None  # importable module the method requires
+
+    def available(self) -> bool:
+        return self.needs is None or importlib.util.find_spec(self.needs) is not None
+
+
+METHODS: dict[str, MethodSpec] = {
+    m.name: m
+    for m in [
+        MethodSpec("adamw", Method, True),
+        MethodSpec("adamw_cosine", AdamWCosine, True),
+        MethodSpec("adamw_cosine_clip", AdamWCosineClip, True),
+        MethodSpec("adamw_cosine_zclip", AdamWCosineZClip, True, "zclip"),
+        MethodSpec("adamw_skip_nonfinite", AdamWSkipNonFinite, True),
+        MethodSpec("adamw_plateau", AdamWPlateau, True),
+        MethodSpec("sgd_nesterov_cosine", SGDNesterovCosine, True),
+        MethodSpec("schedulefree", ScheduleFree, True, "schedulefree"),
+        MethodSpec("schedulefree_algoperf", ScheduleFreeAlgoPerf, False, "schedulefree"),
+        MethodSpec("prodigy", ProdigyCosine, False, "prodigyopt"),
+        MethodSpec("dog", DoG, False, "dog"),
+        MethodSpec("trimtab", Trimtab, True),
+        MethodSpec("trimtab_auto", TrimtabAuto, False),
+    ]
+}
+MAIN_METHODS = tuple(n for n in METHODS if n != "adamw_skip_nonfinite")
+QUICK_METHODS = (
+    "adamw",
+    "adamw_cosine",
+    "adamw_plateau",
+    "schedulefree_algoperf",
+    "prodigy",
+    "trimtab",
+    "trimtab_auto",
+)

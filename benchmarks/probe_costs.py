@@ -1,0 +1,140 @@
+"""Per-probe cost and the shift detector's delay / false-alarm rate:
+``python -m benchmarks.probe_costs`` rewrites the Probes section of RESULTS.md.
+
+Cost: median time of a training step with trimtab (no policies, the three required
+probes plus the one measured) over a plain step, interleaved in one process so machine
+noise hits both alike, at each probe's default cadence.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import statistics
+from pathlib import Path
+
+import torch
+
+from benchmarks.overhead import interleaved
+from trimtab.probes import PRESETS, PROBES, PageHinkley
+
+REQUIRED = ("loss", "grad_norm", "nonfinite")
+START, END = "<!-- probes:start -->", "<!-- probes:end -->"
+
+
+def _ratio(task: str, probes: tuple[str, ...], steps: int) -> float:
+    ratios, _, regime, _ = interleaved(task, steps, policies=(), probes=list(probes))
+    regime.close()
+    return statistics.median(ratios)
+
+
+def costs(steps: int) -> list[str]:
+    rows = [
+        "| probe | cost class | cadence | digits MLP (26k) | digits CNN (12k) |",
+        "|---|---|---|---|---|",
+    ]
+    base = {t: _ratio(t, REQUIRED, steps) for t in ("width_128", "digits_cnn")}
+    rows.append(
+        f"| loss + grad_norm + nonfinite (required) | free/cheap | 1 | "
+        f"{base['width_128']:.3f} | {base['digits_cnn']:.3f} |"
+    )
+    for name, cls in PROBES.items():
+        if name in REQUIRED:
+            continue
+        probe = cls()
+        cells = [_ratio(t, (*REQUIRED, name), steps) for t in ("width_128", "digits_cnn")]
+        rows.append(
+            f"| {name} | {probe.cost.value} | {probe.every} | {cells[0]:.3f} | {cells[1]:.3f} |"
+        )
+    for preset, names in PRESETS.items():
+        cells = [_ratio(t, names, steps) for t in ("width_128", "digits_cnn")]
+        rows.append(f"| preset `{preset}` | | | {cells[0]:.3f} | {cells[1]:.3f} |")
+    return rows
+
+
+def shift_detection(seeds: int = 20) -> list[str]:
+    rows = [
+        "| stream (N(0,1) noise, 2000 steps) | alarms per 1000 steps / detection rate "
+        "| median delay (steps) |",
+        "|---|---|---|",
+    ]
+    false = 0
+    for seed in range(seeds):
+        gen = torch.Generator().manual_seed(seed)
+        detector = PageHinkley()
+        false += sum(detector.update(torch.randn((), generator=gen)).item() for _ in range(2000))
+    rows.append(f"| stationary | {1000 * false / (2000 * seeds):.3f} false alarms | — |")
+    for size in (0.5, 1.0, 2.0, 3.0):
+        delays = []
+        for seed in range(seeds):
+            gen = torch.Generator().manual_seed(1000 + seed)
+            detector = PageHinkley()
+            for t in range(2000):
+                value = torch.randn((), generator=gen) + (size if t >= 1000 else 0.0)
+                if detector.update(value).item() and t >= 1000:
+                    delays.append(t - 1000)
+                    break
+        rate = len(delays) / seeds
+        delay = f"{statistics.median(delays):.0f}" if delays else "—"
+        rows.append(f"| mean shift +{size:g} sigma at step 1000 | {rate:.0%} detected | {delay} |")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.probe_costs")
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--results", default="benchmarks/RESULTS.md")
+    args = parser.parse_args(argv)
+    lines = [
+        START,
+        "",
+        "## Probes: cost and validation",
+        "",
+        f"Date {datetime.date.today()}, CPU (2 cores, torch threads 1). Reproduce: "
+        "`python -m benchmarks.probe_costs`.",
+        "",
+        "### Cost: step time with trimtab (no policies) / plain AdamW step, median over "
+        f"{args.steps} interleaved steps",
+        "",
+        *costs(args.steps),
+        "",
+        "Curvature runs only when a closure is passed (the benchmark passes one); each "
+        "reading costs 5 Hessian-vector products every 50 steps. These models take "
+        "0.6-1.5 ms per step, so the fixed cost of each probe's small tensor operations "
+        "and of the one host transfer per step dominates (about 0.15 ms for the required "
+        "three); on the 33 ms transformer step of the suite the default set costs ~5 % "
+        "(see the overhead table). The <= 2 % target is not met on small models.",
+        "",
+        "Host syncs: every probe returns device tensors; the controller reads all due "
+        "values in one transfer per optimizer step, which the non-finite veto needs "
+        "before the update (the same per-step read GradScaler makes). Removing it would "
+        "need a device-side veto (e.g. fused optimizers' found_inf): not done yet.",
+        "",
+        "### Shift detector (Page-Hinkley on standardised values, threshold 12, delta "
+        "0.5), 20 seeds",
+        "",
+        *shift_detection(),
+        "",
+        "Each probe is validated in `tests/test_probes_diagnostics.py` against a truth: "
+        "the noise scale against the closed form of linear regression (B_simple 7.66 "
+        "with micro-batches and 7.57 across steps, truth 7.78), the power iteration "
+        "against the exact Hessian (SGD+momentum, and Adam's preconditioned Hessian), "
+        "the secant against an isotropic quadratic, the loss trend against a scripted "
+        "slope, activation health against hand-made dead and saturated units.",
+        "",
+        END,
+    ]
+    path = Path(args.results)
+    text = path.read_text() if path.exists() else "# Results\n"
+    if START in text:
+        head, rest = text.split(START, 1)
+        text = head + "\n".join(lines) + rest.split(END, 1)[1]
+    else:
+        text = text.rstrip() + "\n\n" + "\n".join(lines) + "\n"
+    path.write_text(text)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

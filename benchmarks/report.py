@@ -1,0 +1,331 @@
+"""Write the benchmark section of RESULTS.md and its plots."""
+
+from __future__ import annotations
+
+import datetime
+import math
+import platform
+import statistics
+import subprocess
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from benchmarks.scoring import R_MAX, TaskScore, performance_profile_scores, score_task
+from benchmarks.tasks import TASKS
+
+START = "<!-- benchmark:start -->"
+END = "<!-- benchmark:end -->"
+CUDA_START = "<!-- benchmark-cuda:start -->"
+CUDA_END = "<!-- benchmark-cuda:end -->"
+
+
+def _gpu_name() -> str:
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "unknown"
+
+
+def _fmt(value: float | None, higher: bool) -> str:
+    if value is None or not math.isfinite(value):
+        return "—"
+    return f"{100 * value:.1f}%" if higher else f"{value:.3f}"
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def write(
+    records: list[dict[str, Any]],
+    methods: list[str],
+    tasks: list[str],
+    fault_rows: list[dict] | None,
+    cost: list[dict],
+    *,
+    quick: bool,
+    results: Path,
+    plots: Path,
+    missing: list[str],
+    device: str = "cpu",
+    factor: int = 1,
+) -> None:
+    by_task: dict[str, list[dict]] = defaultdict(list)
+    for r in records:
+        by_task[r["task"]].append(r)
+    scores = [score_task(t, by_task[t]) for t in tasks if by_task[t]]
+    start, end = (START, END) if device == "cpu" else (CUDA_START, CUDA_END)
+    kind = "quick" if quick else "full"
+    where = "CPU only" if device == "cpu" else f"GPU {_gpu_name()}, sizes x{factor}"
+    lines = [start, "", f"## Benchmark suite ({kind} run, {where})", ""]
+    lines += [
+        f"Machine: {platform.machine()}, {platform.processor() or 'cpu'}; {where}; "
+        f"date {datetime.date.today()}; commit `{_commit()}`; torch threads 1 per worker. "
+        f"Reproduce: `python -m benchmarks.run{' --quick' if quick else ''}"
+        f"{'' if device == 'cpu' else f' --device {device} --factor {factor}'}`.",
+        "",
+    ]
+    if missing:
+        lines += [f"Not run (package not installed): {', '.join(missing)}.", ""]
+    lines += _summary(scores, methods)
+    lines += _robustness(scores, methods)
+    lines += _speed(scores, methods)
+    lines += _per_task(scores, methods)
+    if fault_rows:
+        lines += _faults(fault_rows)
+    lines += _overhead(cost)
+    if device != "cpu":
+        plots = plots / device
+    _plots(records, scores, plots)
+    lines += [
+        f"Plots: `{plots.as_posix()}/final_vs_lr_<task>.png` (final metric against the "
+        f"initial LR per method) and `{plots.as_posix()}/curves_<task>.png` (learning curves "
+        "with trimtab's events marked).",
+        "",
+        end,
+    ]
+    text = results.read_text() if results.exists() else "# Results\n"
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        text = head + "\n".join(lines) + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip() + "\n\n" + "\n".join(lines) + "\n"
+    results.write_text(text)
+
+
+def _summary(scores: list[TaskScore], methods: list[str]) -> list[str]:
+    out = [
+        "### Tuned best final metric (best LR per method, mean over seeds)",
+        "",
+        "| method | " + " | ".join(s.task for s in scores) + " |",
+        "|---|" + "---|" * len(scores),
+    ]
+    for m in methods:
+        cells = []
+        for s in scores:
+            higher = TASKS[s.task].higher_is_better
+            value = s.tuned.get(m)
+            mark = " ★" if value is not None and value == s.oracle else ""
+            cells.append(_fmt(value, higher) + mark)
+        out.append(f"| {m} | " + " | ".join(cells) + " |")
+    out += [
+        "",
+        "Accuracy in %, losses as values (lower is better); ★ = the oracle "
+        "(best over every method and LR).",
+        "",
+    ]
+    return out
+
+
+def _robustness(scores: list[TaskScore], methods: list[str]) -> list[str]:
+    out = [
+        "### LR-robustness: share of grid LRs ending within tolerance of the oracle",
+        "",
+        "Tolerance: 1 accuracy point, or 5 % relative for losses. Methods that ignore "
+        "the LR have one configuration (1.00 or 0.00).",
+        "",
+        "| method | " + " | ".join(s.task for s in scores) + " | all cells | divergences |",
+        "|---|" + "---|" * (len(scores) + 2),
+    ]
+    for m in methods:
+        shares = [s.robustness.get(m) for s in scores]
+        known = [x for x in shares if x is not None]
+        div = sum(s.divergences.get(m, 0) for s in scores)
+        out.append(
+            f"| {m} | "
+            + " | ".join("—" if x is None else f"{x:.2f}" for x in shares)
+            + f" | {statistics.fmean(known):.2f} | {div} |"
+            if known
+            else f"| {m} |"
+        )
+    out.append("")
+    return out
+
+
+def _speed(scores: list[TaskScore], methods: list[str]) -> list[str]:
+    profile = performance_profile_scores(scores, methods)
+    out = [
+        "### Steps to target and AlgoPerf-style score",
+        "",
+        "Target per task: what the best-LR AdamW + warmup-cosine reaches at 75 % of its "
+        f"budget. Score: the performance profile integrated over τ ∈ [1, {R_MAX:g}] "
+        "(1.0 = fastest on every task; a task whose target is never reached adds 0).",
+        "",
+        "| method | " + " | ".join(s.task for s in scores) + " | score |",
+        "|---|" + "---|" * (len(scores) + 1),
+    ]
+    for m in methods:
+        steps = [s.steps_to_target.get(m, math.inf) for s in scores]
+        out.append(
+            f"| {m} | "
+            + " | ".join(f"{t:.0f}" if math.isfinite(t) else "never" for t in steps)
+            + f" | {profile[m]:.3f} |"
+        )
+    out.append("")
+    return out
+
+
+def _per_task(scores: list[TaskScore], methods: list[str]) -> list[str]:
+    out = ["### Per task: oracle, tuned best, gap, best LR", ""]
+    for s in scores:
+        task = TASKS[s.task]
+        higher = task.higher_is_better
+        out += [
+            f"**{s.task}** — {task.description}; metric {task.metric}; oracle "
+            f"{_fmt(s.oracle, higher)}; target {_fmt(s.target, higher)}",
+            "",
+            "| method | tuned | gap | best LR |",
+            "|---|---|---|---|",
+        ]
+        for m in methods:
+            if m not in s.tuned:
+                continue
+            gap = abs(s.tuned[m] - s.oracle) if math.isfinite(s.tuned[m]) else math.inf
+            gap_text = (
+                (f"{100 * gap:.1f} pt" if higher else f"{gap:.3f}") if math.isfinite(gap) else "—"
+            )
+            lr = s.best_lr[m]
+            out.append(
+                f"| {m} | {_fmt(s.tuned[m], higher)} | {gap_text} | "
+                f"{'—' if not lr else f'{lr:g}'} |"
+            )
+        out.append("")
+    return out
+
+
+def _faults(rows: list[dict]) -> list[str]:
+    table: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for r in rows:
+        table[(r["method"], r["fault"])].append(r)
+    methods = sorted({r["method"] for r in rows})
+    faults = sorted({r["fault"] for r in rows})
+    out = [
+        "### Fault harness",
+        "",
+        "Each fault injected at 40 % of a run (AdamW-family methods at lr 1e-3, tasks "
+        "width_128 and tabular, every seed), compared with the same run without it. "
+        "Cell: divergences / runs; median change of the final accuracy in points; median "
+        "steps until the curve is back within 1 point of the clean run.",
+        "",
+        "| method | " + " | ".join(faults) + " |",
+        "|---|" + "---|" * len(faults),
+    ]
+    for m in methods:
+        cells = []
+        for f in faults:
+            rs = table[(m, f)]
+            div = sum(r["diverged"] for r in rs)
+            deltas = [r["delta"] for r in rs if r["delta"] is not None]
+            rec = statistics.median(r["recovery"] for r in rs)
+            delta = f"{100 * statistics.median(deltas):+.1f}" if deltas else "—"
+            cells.append(
+                f"{div}/{len(rs)}; {delta}; {rec:.0f}"
+                if math.isfinite(rec)
+                else f"{div}/{len(rs)}; {delta}; never"
+            )
+        out.append(f"| {m} | " + " | ".join(cells) + " |")
+    out.append("")
+    return out
+
+
+def _overhead(cost: list[dict]) -> list[str]:
+    out = [
+        "### Overhead of a trimtab step (default probes and policies)",
+        "",
+        "| model | parameters | plain step | trimtab / plain (median, interleaved) | "
+        "snapshots kept | snapshot weights | peak RSS plain → trimtab |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for c in cost:
+        out.append(
+            f"| {c['task']} | {c['params']:,} | {c['plain_step_ms']:.2f} ms | "
+            f"{c['median_ratio']:.3f} | {c['snapshots']} | "
+            f"{c['snapshot_weight_bytes'] / 1e6:.2f} MB | "
+            f"{c['peak_plain_mb']:.0f} → {c['peak_trimtab_mb']:.0f} MB |"
+        )
+    out += [
+        "",
+        "Snapshots also hold the optimizer state (for AdamW about twice the weights), on the CPU.",
+        "",
+    ]
+    return out
+
+
+def _plots(records: list[dict], scores: list[TaskScore], folder: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    for s in scores:
+        higher = TASKS[s.task].higher_is_better
+        rs = [r for r in records if r["task"] == s.task]
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        grouped: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+        for r in rs:
+            value = r["final"] if r["final"] is not None and not r["diverged"] else math.nan
+            grouped[r["method"]][r["lr"]].append(value)
+        palette = plt.get_cmap("tab20")
+        for index, (method, by_lr) in enumerate(sorted(grouped.items())):
+            lrs = sorted(by_lr)
+            ys = [statistics.fmean(by_lr[lr]) for lr in lrs]
+            color = palette(index % 20)
+            if lrs == [0.0]:
+                ax.axhline(ys[0], linestyle="--", linewidth=1, label=method, color=color)
+            else:
+                style = "-o" if method.startswith("trimtab") else "-."
+                ax.plot(
+                    lrs,
+                    ys,
+                    style,
+                    label=method,
+                    color=color,
+                    linewidth=2 if "trimtab" in method else 1,
+                )
+        ax.set_xscale("log")
+        ax.set_xlabel("initial learning rate")
+        ax.set_ylabel(TASKS[s.task].metric)
+        if not higher:
+            ax.set_yscale("log")
+        ax.set_title(f"{s.task}: final metric against initial LR")
+        ax.legend(fontsize=7, ncol=2)
+        fig.tight_layout()
+        fig.savefig(folder / f"final_vs_lr_{s.task}.png", dpi=90)
+        plt.close(fig)
+        _curve_plot(s, rs, folder, plt)
+
+
+def _curve_plot(score: TaskScore, records: list[dict], folder: Path, plt) -> None:
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for method in ("adamw", "adamw_cosine", "trimtab"):
+        lr = score.best_lr.get(method)
+        run = next(
+            (r for r in records if r["method"] == method and r["lr"] == lr and r["seed"] == 0), None
+        )
+        if run is None:
+            continue
+        steps, values = zip(*run["curve"], strict=True)
+        ax.plot(steps, values, label=f"{method} (lr {lr:g})")
+        if method == "trimtab":
+            for event in run["events"]:
+                color = {"rollback": "red", "skip": "orange"}.get(event["kind"], "gray")
+                ax.axvline(event["step"], color=color, alpha=0.4, linewidth=1)
+    ax.set_xlabel("step")
+    ax.set_ylabel(TASKS[score.task].metric)
+    ax.set_title(
+        f"{score.task}: curves at each method's best LR; trimtab events as lines "
+        "(red rollback, orange skip, gray knob change)",
+        fontsize=8,
+    )
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(folder / f"curves_{score.task}.png", dpi=90)
+    plt.close(fig)

@@ -1,0 +1,72 @@
+import pytest
+import torch
+from tests.conftest import tiny_mlp, tiny_regression
+
+from trimtab.errors import ConfigError, StateError
+from trimtab.guard import Guard
+
+
+def train_step(model, opt, seed):
+    x, y = tiny_regression(seed)
+    opt.zero_grad()
+    torch.nn.functional.mse_loss(model(x), y).backward()
+    opt.step()
+
+
+def test_restore_brings_back_weights_and_optimizer_state_exactly():
+    model = tiny_mlp()
+    opt = torch.optim.AdamW(model.parameters(), lr=0.01)
+    train_step(model, opt, 0)
+    guard = Guard(model, [opt], every=1)
+    guard.take(1)
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    moments = [s["exp_avg"].clone() for s in opt.state.values()]
+    for seed in range(1, 4):
+        train_step(model, opt, seed)
+    assert guard.restore(before=4) == 1
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, weights[k])
+    assert all(
+        torch.equal(s["exp_avg"], m) for s, m in zip(opt.state.values(), moments, strict=True)
+    )
+
+
+def test_training_after_a_restore_does_not_corrupt_the_snapshot():
+    model = tiny_mlp()
+    opt = torch.optim.AdamW(model.parameters(), lr=0.01)
+    train_step(model, opt, 0)
+    guard = Guard(model, [opt], every=1)
+    guard.take(1)
+    guard.restore(before=2)
+    after_first = {k: v.clone() for k, v in model.state_dict().items()}
+    train_step(model, opt, 5)  # mutates optimizer state in place
+    guard.restore(before=2)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, after_first[k])
+    train_step(model, opt, 5)
+    first_moment = [s["exp_avg"].clone() for s in opt.state.values()]
+    guard.restore(before=2)
+    train_step(model, opt, 5)
+    assert all(
+        torch.equal(s["exp_avg"], m) for s, m in zip(opt.state.values(), first_moment, strict=True)
+    )
+
+
+def test_restore_picks_the_newest_snapshot_older_than_the_divergence_and_drops_newer():
+    model = tiny_mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    guard = Guard(model, [opt], every=1, keep=3)
+    for step in (0, 10, 20):
+        guard.take(step)
+    assert guard.restore(before=20) == 10
+    assert guard.steps == (0, 10)
+    assert guard.restore(before=0) == 0  # none older: the oldest
+
+
+def test_no_snapshot_and_bad_settings_are_clear_errors():
+    model = tiny_mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with pytest.raises(StateError, match="no snapshot"):
+        Guard(model, [opt]).restore(before=5)
+    with pytest.raises(ConfigError, match="snapshot_every"):
+        Guard(model, [opt], every=0)

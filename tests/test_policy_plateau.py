@@ -1,0 +1,77 @@
+import math
+
+import pytest
+
+from trimtab.errors import ConfigError
+from trimtab.policies import Plateau, PolicyView
+from trimtab.signals import Signals
+from trimtab.types import Action, Knob, Priority
+
+
+def drive(policy, values, metric="val_loss"):
+    signals = Signals()
+    state = policy.initial_state()
+    out = []
+    for i, value in enumerate(values):
+        signals.observe(i * 10, {metric: value})
+        view = PolicyView(i * 10, None, signals, ("g0",), {})
+        proposals, state = policy.propose(view, state)
+        out.append(proposals)
+        # asking again without a new observation proposes nothing
+        assert policy.propose(view, state)[0] == []
+    return out
+
+
+def test_a_flat_noisy_validation_loss_cuts_lr_with_the_numbers():
+    values = [1.0, 1.02, 0.99, 1.01, 1.0, 0.98, 1.01]
+    rounds = drive(Plateau(window=5, cooldown=0), values)
+    first = next(i for i, r in enumerate(rounds) if r)
+    assert first == 4  # as soon as five observations exist
+    (cut,) = rounds[first]
+    assert cut.knob is Knob.LR and cut.factor == 0.5 and cut.priority is Priority.SCHEDULE
+    assert "not significantly falling" in cut.reason and "95% band" in cut.reason
+    assert cut.signals["val_loss"] == values[first]
+
+
+def test_a_steady_improvement_is_left_alone():
+    values = [1.0 * 0.9**i for i in range(12)]
+    assert all(r == [] for r in drive(Plateau(), values))
+
+
+def test_cooldown_spaces_cuts_by_observations():
+    rounds = drive(Plateau(window=3, cooldown=2), [1.0] * 12)
+    cut_at = [i for i, r in enumerate(rounds) if r]
+    assert cut_at == [2, 5, 8, 11]
+
+
+def test_max_mode_watches_a_rising_metric():
+    rising = [0.5 + 0.05 * i for i in range(8)]
+    assert all(r == [] for r in drive(Plateau(metric="acc", mode="max"), rising, "acc"))
+    flat = [0.9, 0.91, 0.9, 0.89, 0.9, 0.9]
+    assert any(drive(Plateau(metric="acc", mode="max"), flat, "acc"))
+
+
+def test_stop_patience_proposes_a_stop_with_the_best_value():
+    rounds = drive(Plateau(stop_patience=3, window=10), [1.0, 0.8, 0.9, 0.85, 0.95])
+    (stop,) = rounds[-1]
+    assert stop.action is Action.STOP and "0.8" in stop.reason
+
+
+def test_a_nan_observation_is_not_judged():
+    rounds = drive(Plateau(window=3, cooldown=0), [1.0, 1.0, math.nan])
+    assert rounds[-1] == []
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"mode": "up"}, "mode must be"),
+        ({"factor": 1.0}, "factor must be in"),
+        ({"window": 2}, "window must be >= 3"),
+        ({"metric": ""}, "metric must be"),
+        ({"min_rel_improvement": -1.0}, "must be >= 0"),
+    ],
+)
+def test_bad_settings_fail_at_construction(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        Plateau(**kwargs)

@@ -1,0 +1,207 @@
+"""The stability guard, driven by scripted signals only (no model, no optimizer)."""
+
+import math
+
+import pytest
+
+from trimtab.errors import ConfigError
+from trimtab.policies import PolicyView, StabilityGuard
+from trimtab.signals import Signals
+from trimtab.types import Action, Knob, Priority
+
+GROUPS = ("g0", "head")
+
+
+class Script:
+    """Feeds one step of signals at a time and keeps the policy state between steps."""
+
+    def __init__(self, policy=None):
+        self.policy = policy or StabilityGuard()
+        self.state = self.policy.initial_state()
+        self.signals = Signals()
+        self.multipliers = {}
+        self.bases = {}
+        self.step = 0
+
+    def feed(self, loss, grad_norm=1.0, nonfinite=0.0):
+        self.signals.record(
+            self.step,
+            {"loss/train": loss, "grad_norm/global": grad_norm, "nonfinite/any": nonfinite},
+        )
+        view = PolicyView(
+            self.step, None, self.signals, GROUPS, dict(self.multipliers), dict(self.bases)
+        )
+        proposals, self.state = self.policy.propose(view, self.state)
+        for p in proposals:  # apply knob proposals as an unconstrained arbiter would
+            if p.knob is Knob.LR:
+                for g in GROUPS if p.group is None else (p.group,):
+                    old = self.multipliers.get((Knob.LR, g), 1.0)
+                    self.multipliers[(Knob.LR, g)] = p.target or old * p.factor
+        self.step += 1
+        return proposals
+
+
+def noisy_descent(script, steps, start=2.0, seed_phase=0.0):
+    for i in range(steps):
+        loss = start * math.exp(-i / 100) * (1 + 0.05 * math.sin(7 * i + seed_phase))
+        assert script.feed(loss) == [] or all(
+            p.priority is Priority.RECOVERY for p in script.feed(loss)
+        )
+
+
+def test_healthy_noisy_descent_triggers_nothing():
+    script = Script()
+    for i in range(300):
+        loss = 2.0 * math.exp(-i / 80) * (1 + 0.1 * math.sin(3.7 * i))
+        assert script.feed(loss, grad_norm=1 + 0.3 * math.cos(i)) == []
+
+
+def test_nonfinite_loss_skips_and_cites_the_values():
+    script = Script()
+    for _ in range(5):
+        script.feed(2.0)
+    (skip,) = script.feed(math.nan, grad_norm=math.inf, nonfinite=1.0)
+    assert skip.action is Action.SKIP and skip.priority is Priority.SAFETY
+    assert "non-finite" in skip.reason and "nan" in skip.reason
+
+
+def test_repeated_nonfinite_steps_mean_broken_weights_and_roll_back():
+    script = Script(StabilityGuard(max_skips=3))
+    for _ in range(5):
+        script.feed(2.0)
+    actions = [p.action for _ in range(3) for p in script.feed(math.nan, nonfinite=1.0)]
+    assert actions[:2] == [Action.SKIP, Action.SKIP]
+    assert Action.ROLLBACK in actions[2:]
+
+
+def test_one_high_batch_is_skipped_without_touching_the_lr():
+    script = Script()
+    for i in range(40):
+        script.feed(1.0 + 0.02 * math.sin(i))
+    (skip,) = script.feed(25.0)
+    assert skip.action is Action.SKIP and "next batch is high too" in skip.reason
+    assert script.feed(1.0) == []
+    assert script.multipliers == {}
+
+
+def test_a_loss_spike_twice_in_a_row_rolls_back_and_cuts_lr_citing_the_evidence():
+    script = Script()
+    for i in range(40):
+        script.feed(1.0 + 0.02 * math.sin(i))
+    script.feed(25.0)
+    proposals = script.feed(25.0)
+    actions = {p.action for p in proposals}
+    assert actions == {Action.ROLLBACK, Action.ADJUST}
+    cut = next(p for p in proposals if p.action is Action.ADJUST)
+    assert cut.knob is Knob.LR and cut.factor == pytest.approx(0.3)
+    assert "25" in cut.reason and "robust sigmas" in cut.reason
+    assert cut.signals["loss/train"] == 25.0
+
+
+def test_small_relative_bumps_late_in_training_are_not_spikes():
+    script = Script()
+    for _ in range(8):
+        script.feed(2.3)  # the start level
+    for i in range(100):
+        script.feed(0.01 * (1 + 0.3 * math.sin(i)))
+    # 5x the median, but it undoes only ~2 % of the progress made since the start
+    assert script.feed(0.05) == []
+
+
+def test_lr_recovers_gradually_to_the_ceiling_after_an_isolated_spike():
+    script = Script(StabilityGuard(recovery_every=5, recovery_factor=1.5))
+    for i in range(30):
+        script.feed(1.0 + 0.01 * math.sin(i))
+    script.feed(50.0)
+    script.feed(50.0)
+    assert script.multipliers[(Knob.LR, "g0")] == pytest.approx(0.3)
+    seen = []
+    for i in range(60):
+        for p in script.feed(1.0 + 0.01 * math.sin(i)):
+            assert p.priority is Priority.RECOVERY and p.target <= 1.0 + 1e-12
+            seen.append(p.target)
+    assert script.multipliers[(Knob.LR, "g0")] == pytest.approx(1.0)
+    assert len(seen) >= 2 * len(GROUPS)  # several gentle steps, not one jump
+
+
+def test_a_repeated_divergence_cuts_harder_and_lowers_the_ceiling():
+    script = Script(StabilityGuard(recovery_every=5))
+    for i in range(20):
+        script.feed(1.0 + 0.01 * math.sin(i))
+    script.feed(80.0)
+    script.feed(80.0)
+    for i in range(3):
+        script.feed(1.0 + 0.01 * math.sin(i))
+    script.feed(80.0)
+    proposals = script.feed(80.0)
+    cut = next(p for p in proposals if p.action is Action.ADJUST)
+    assert cut.factor == pytest.approx(0.1) and "repeated" in cut.reason
+    assert script.state["ceilings"]["g0"]["lr"] == pytest.approx(0.3 * 0.3)
+
+
+def test_an_extreme_gradient_norm_outlier_skips_the_step():
+    script = Script()
+    for i in range(30):
+        script.feed(1.0, grad_norm=1.0 + 0.1 * math.sin(i))
+    (skip,) = script.feed(1.0, grad_norm=500.0)
+    assert skip.action is Action.SKIP and "gradient norm" in skip.reason
+
+
+def test_a_lasting_level_shift_after_a_rollback_is_accepted_not_looped():
+    script = Script(StabilityGuard(sustained_steps=4))
+    for _ in range(8):
+        script.feed(3.0)
+    for i in range(60):
+        script.feed(1.0 + 0.05 * math.sin(i))
+    rollbacks = 0
+    for i in range(60):  # the data got harder: the loss level doubles and stays
+        proposals = script.feed(2.0 + 0.05 * math.sin(i))
+        rollbacks += sum(p.action is Action.ROLLBACK for p in proposals)
+    assert rollbacks == 1
+
+
+def test_state_is_plain_data_and_the_policy_is_deterministic():
+    runs = []
+    for _ in range(2):
+        script = Script()
+        for i in range(50):
+            script.feed(1.0 + 0.02 * math.sin(i))
+        script.feed(30.0)
+        script.feed(30.0)
+        runs.append(script.state)
+    assert runs[0] == runs[1]
+    assert all(isinstance(k, str) for k in runs[0])
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"cut": 1.5}, "cut must be in"),
+        ({"spike_z": 2.0, "sustained_z": 3.0}, "must be below spike_z"),
+        ({"recovery_factor": 0.9}, "recovery_factor must be > 1"),
+        ({"window": 2}, "window must be >= 4"),
+        ({"spike_z": math.inf}, "spike_z must be finite"),
+    ],
+)
+def test_bad_settings_fail_at_construction(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        StabilityGuard(**kwargs)
+
+
+def test_the_recovery_ceiling_is_an_effective_lr_so_a_lower_base_lets_it_return():
+    script = Script(StabilityGuard(recovery_every=5, recovery_factor=1.5))
+    script.bases = {(Knob.LR, g): 0.3 for g in GROUPS}  # a base briefly 30x too high
+    for i in range(20):
+        script.feed(1.0 + 0.01 * math.sin(i))
+    for _ in range(2):
+        script.feed(60.0)
+    for i in range(3):
+        script.feed(1.0 + 0.01 * math.sin(i))
+    for _ in range(2):
+        script.feed(60.0)  # a repeat: ceiling = 0.3 x the effective lr that diverged
+    assert script.state["ceilings"]["g0"]["lr"] == pytest.approx(0.3 * 0.3 * 0.3)
+    script.bases = {(Knob.LR, g): 0.01 for g in GROUPS}  # the schedule is back to normal
+    for i in range(200):
+        script.feed(1.0 + 0.01 * math.sin(i))
+    # back to the multiplier held before the first cut, not kept 30x down
+    assert script.multipliers[(Knob.LR, "g0")] == pytest.approx(1.0)
