@@ -106,7 +106,9 @@ class ActivationProbe(Probe):
         readings, self._readings = self._readings, {}
         for kind, layers in self._pooled.items():
             units = sum(n for _, n in layers.values())
-            readings[f"activations/{kind}"] = torch.stack([c for c, _ in layers.values()]).sum() / units
+            readings[f"activations/{kind}"] = (
+                torch.stack([c for c, _ in layers.values()]).sum() / units
+            )
         self._pooled = {}
         self._armed = False
         return readings

@@ -75,7 +75,9 @@ def adam_l2(run: RunLog) -> Finding | None:
 
 def decay_on_norms(run: RunLog) -> Finding | None:
     """Weight decay applied to 1-D tensors (norm scales and biases)."""
-    hits = [g for g in run.groups if g.get("vector_tensors", 0) > 0 and _hyper(g, "weight_decay") > 0]
+    hits = [
+        g for g in run.groups if g.get("vector_tensors", 0) > 0 and _hyper(g, "weight_decay") > 0
+    ]
     if not hits:
         return None
     decay = max(_hyper(g, "weight_decay") for g in hits)
