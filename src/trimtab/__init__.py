@@ -17,6 +17,7 @@ from trimtab.optimizers import OptimizerDefaults, build_optimizer, optimizer_def
 from trimtab.policies import POLICIES, Plateau, Policy, StabilityGuard
 from trimtab.probes import PROBES, Probe
 from trimtab.regime import Regime
+from trimtab.scaling import RecipeReport, recipe
 from trimtab.types import Event, EventKind, Knob, Outcome, Priority, Proposal
 
 __version__ = "0.1.0"
@@ -39,6 +40,7 @@ __all__ = [
     "Priority",
     "Probe",
     "Proposal",
+    "RecipeReport",
     "Regime",
     "StabilityGuard",
     "StateError",
@@ -47,5 +49,6 @@ __all__ = [
     "build_optimizer",
     "optimizer_defaults",
     "read_log",
+    "recipe",
     "schedules",
 ]

@@ -1,0 +1,9 @@
+"""Scale-aware recipes: settings tuned on a small model that transfer to a large one."""
+
+from __future__ import annotations
+
+from trimtab.scaling.recipe import recipe
+from trimtab.scaling.report import GroupChoice, RecipeReport
+from trimtab.scaling.structure import ParamInfo, classify
+
+__all__ = ["GroupChoice", "ParamInfo", "RecipeReport", "classify", "recipe"]
