@@ -17,7 +17,7 @@ from trimtab.optimizers import OptimizerDefaults, build_optimizer, optimizer_def
 from trimtab.policies import POLICIES, Plateau, Policy, StabilityGuard
 from trimtab.probes import PROBES, Probe
 from trimtab.regime import Regime
-from trimtab.scaling import RecipeReport, recipe
+from trimtab.scaling import InitRecord, RecipeReport, init_, recipe
 from trimtab.types import Event, EventKind, Knob, Outcome, Priority, Proposal
 
 __version__ = "0.1.0"
@@ -32,6 +32,7 @@ __all__ = [
     "Controller",
     "Event",
     "EventKind",
+    "InitRecord",
     "Knob",
     "OptimizerDefaults",
     "Outcome",
@@ -47,6 +48,7 @@ __all__ = [
     "TrimtabError",
     "__version__",
     "build_optimizer",
+    "init_",
     "optimizer_defaults",
     "read_log",
     "recipe",

@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+from trimtab.scaling.init import InitRecord, init_
 from trimtab.scaling.recipe import recipe
 from trimtab.scaling.report import GroupChoice, RecipeReport
 from trimtab.scaling.structure import ParamInfo, classify
 
-__all__ = ["GroupChoice", "ParamInfo", "RecipeReport", "classify", "recipe"]
+__all__ = [
+    "GroupChoice",
+    "InitRecord",
+    "ParamInfo",
+    "RecipeReport",
+    "classify",
+    "init_",
+    "recipe",
+]
