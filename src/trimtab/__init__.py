@@ -17,7 +17,7 @@ from trimtab.optimizers import OptimizerDefaults, build_optimizer, optimizer_def
 from trimtab.policies import POLICIES, Plateau, Policy, StabilityGuard
 from trimtab.probes import PROBES, Probe
 from trimtab.regime import Regime
-from trimtab.scaling import InitRecord, RecipeReport, init_, recipe
+from trimtab.scaling import CoordCheck, InitRecord, RecipeReport, coord_check, init_, recipe
 from trimtab.types import Event, EventKind, Knob, Outcome, Priority, Proposal
 
 __version__ = "0.1.0"
@@ -30,6 +30,7 @@ __all__ = [
     "ConfigError",
     "ConfigTypeError",
     "Controller",
+    "CoordCheck",
     "Event",
     "EventKind",
     "InitRecord",
@@ -48,6 +49,7 @@ __all__ = [
     "TrimtabError",
     "__version__",
     "build_optimizer",
+    "coord_check",
     "init_",
     "optimizer_defaults",
     "read_log",

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+from trimtab.scaling.coord import CoordCheck, coord_check
 from trimtab.scaling.init import InitRecord, init_
 from trimtab.scaling.recipe import recipe
 from trimtab.scaling.report import GroupChoice, RecipeReport
 from trimtab.scaling.structure import ParamInfo, classify
 
 __all__ = [
+    "CoordCheck",
     "GroupChoice",
     "InitRecord",
     "ParamInfo",
     "RecipeReport",
     "classify",
+    "coord_check",
     "init_",
     "recipe",
 ]
