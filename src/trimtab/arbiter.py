@@ -38,6 +38,23 @@ DEFAULT_BOUNDS: Mapping[Knob, tuple[float, float]] = {
 }
 
 
+# Size rule: models up to SCALE_REFERENCE parameters get the defaults above; beyond it
+# every upward limit (the LR bound's top, each priority's largest factor) is raised to the
+# power 1 / (1 + SCALE_STRENGTH * decades above the reference). Large runs are costly to
+# lose and their stable LR range is narrower relative to a tuned recipe, so speed-ups get
+# gentler and the ceiling lower; the downward limits (safety cuts) stay as they are.
+SCALE_REFERENCE = 1e6
+SCALE_STRENGTH = 0.25
+
+
+def scale_exponent(
+    parameters: int, *, reference: float = SCALE_REFERENCE, strength: float = SCALE_STRENGTH
+) -> float:
+    """The size rule's exponent on upward limits: 1 up to ``reference`` parameters."""
+    decades = max(0.0, math.log10(max(parameters, 1) / reference))
+    return 1.0 / (1.0 + strength * decades)
+
+
 @dataclass(frozen=True)
 class ArbiterConfig:
     """Limits the arbiter enforces. Every field is checked at construction."""
@@ -69,6 +86,36 @@ class ArbiterConfig:
         _checks.count("cooldown", self.cooldown, minimum=0)
         _checks.count("reversal_window", self.reversal_window, minimum=0)
         _checks.positive("epsilon", self.epsilon)
+
+    @classmethod
+    def for_model_size(
+        cls,
+        parameters: int,
+        *,
+        reference: float = SCALE_REFERENCE,
+        strength: float = SCALE_STRENGTH,
+    ) -> ArbiterConfig:
+        """The default limits, made more conservative for a model of ``parameters``.
+
+        At 1e6 parameters or fewer this is ``ArbiterConfig()``; at 1e8 the LR ceiling is
+        300^(1/1.5) ~ 45x and a speed-up at most 2^(1/1.5) ~ 1.59x per decision; at 1e10,
+        ~17x and 1.41x. Pass your own ``ArbiterConfig`` to ``Regime`` to override.
+
+        Example:
+            >>> ArbiterConfig.for_model_size(1_000).bounds == ArbiterConfig().bounds
+            True
+        """
+        _checks.count("parameters", parameters)
+        _checks.positive("reference", reference)
+        _checks.real("strength", strength)
+        if strength < 0:
+            raise ConfigError(f"strength must be >= 0, got {strength}")
+        power = scale_exponent(parameters, reference=reference, strength=strength)
+        bounds = dict(DEFAULT_BOUNDS)
+        low, high = bounds[Knob.LR]
+        bounds[Knob.LR] = (low, high**power)
+        rates = {p: (lo, hi**power) for p, (lo, hi) in DEFAULT_RATE_LIMITS.items()}
+        return cls(bounds=bounds, rate_limits=rates)
 
     def as_dict(self) -> dict[str, Any]:
         return {

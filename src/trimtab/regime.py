@@ -22,12 +22,13 @@ import torch
 
 from trimtab import _checks
 from trimtab.actuator import GroupHandle
-from trimtab.arbiter import ArbiterConfig
+from trimtab.arbiter import ArbiterConfig, scale_exponent
 from trimtab.controller import Controller
 from trimtab.errors import CallOrderError, ConfigError, ConfigTypeError, StateError
 from trimtab.log import EventLog, Sink
 from trimtab.policies import DEFAULT_POLICIES, POLICIES, Policy
 from trimtab.probes import DEFAULT_PROBES, PRESETS, PROBES, Probe
+from trimtab.scaling.report import RecipeReport
 from trimtab.schedules import Schedule
 from trimtab.types import Event, Outcome
 
@@ -53,7 +54,9 @@ class Regime:
         log: path of the JSONL audit trail, or ``None`` to keep events in memory only.
         log_every: steps between signal snapshots in the log.
         snapshot_every: steps between known-good snapshots (kept on the CPU).
-        arbiter: bounds, rate limits and cooldowns for knob changes.
+        arbiter: bounds, rate limits and cooldowns for knob changes; by default
+            ``ArbiterConfig.for_model_size(trainable parameters)``: today's defaults up
+            to 1e6 parameters, gentler speed-ups and a lower LR ceiling above.
         reporters: extra receivers of the audit trail (see ``trimtab.log.Sink``).
         schedule: a base schedule from ``trimtab.schedules`` (needs ``total_steps``);
             effective LR = group lr x schedule x adaptive multiplier.
@@ -62,6 +65,8 @@ class Regime:
             pass in ``with regime.autocast():``.
         accumulate: micro-batches per optimizer step; ``backward`` divides each loss by
             this and ``step`` returns ``Outcome.ACCUMULATING`` until the last one.
+        recipe: the report of ``trimtab.recipe`` that built the optimizer; it is written
+            to the run header as ``header["recipe"]``.
 
     Example:
         >>> model = torch.nn.Linear(4, 1)
@@ -88,6 +93,7 @@ class Regime:
         schedule: Schedule | None = None,
         precision: Precision = "fp32",
         accumulate: int = 1,
+        recipe: RecipeReport | None = None,
     ) -> None:
         if not isinstance(model, torch.nn.Module):
             raise ConfigTypeError(
@@ -111,6 +117,22 @@ class Regime:
             raise ConfigTypeError(
                 f"arbiter must be a trimtab.ArbiterConfig, got {type(arbiter).__name__}"
             )
+        if recipe is not None and not isinstance(recipe, RecipeReport):
+            raise ConfigTypeError(
+                f"recipe must be the report from trimtab.recipe(), got {type(recipe).__name__}; "
+                "use: optimizer, report = trimtab.recipe(model, ...)"
+            )
+        run_info: dict[str, Any] = {}
+        if arbiter is None:
+            trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+            arbiter = ArbiterConfig.for_model_size(trainable)
+            run_info["arbiter_scale"] = {
+                "parameters": trainable,
+                "exponent": scale_exponent(trainable),
+                "rule": "upward limits ** 1/(1 + 0.25 x decades above 1e6 parameters)",
+            }
+        if recipe is not None:
+            run_info["recipe"] = recipe.as_dict()
         if isinstance(probes, str):
             if probes not in PRESETS:
                 raise ConfigError(f"unknown probe preset {probes!r}; presets: {', '.join(PRESETS)}")
@@ -148,6 +170,7 @@ class Regime:
                 "precision": precision,
                 "loss_scaling": self._scaler is not None,
                 "accumulate": self.accumulate,
+                **run_info,
             },
         )
         self._losses: list[torch.Tensor] = []

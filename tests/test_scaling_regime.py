@@ -1,0 +1,60 @@
+"""The Regime reads the model's scale: size-aware arbiter limits and the recipe header."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import trimtab
+from trimtab.arbiter import DEFAULT_BOUNDS, DEFAULT_RATE_LIMITS, scale_exponent
+from trimtab.types import Knob, Priority
+
+
+def test_small_models_keep_the_defaults_and_large_ones_get_gentler_upward_limits():
+    assert trimtab.ArbiterConfig.for_model_size(10_000) == trimtab.ArbiterConfig()
+    assert scale_exponent(10**6) == 1.0
+    big = trimtab.ArbiterConfig.for_model_size(10**8)
+    assert big.bounds[Knob.LR][1] == pytest.approx(300 ** (1 / 1.5))
+    assert big.bounds[Knob.LR][0] == DEFAULT_BOUNDS[Knob.LR][0]  # cuts stay available
+    assert big.rate_limits[Priority.SPEED] == pytest.approx((0.5, 2 ** (1 / 1.5)))
+    assert big.rate_limits[Priority.SAFETY] == DEFAULT_RATE_LIMITS[Priority.SAFETY]
+    sizes = [10**6, 10**7, 10**9, 10**11]
+    ceilings = [trimtab.ArbiterConfig.for_model_size(n).bounds[Knob.LR][1] for n in sizes]
+    assert ceilings == sorted(ceilings, reverse=True) and ceilings[-1] > 1.0
+    loose = trimtab.ArbiterConfig.for_model_size(10**8, strength=0.0)
+    assert loose == trimtab.ArbiterConfig()
+    with pytest.raises(trimtab.ConfigError, match="strength"):
+        trimtab.ArbiterConfig.for_model_size(10**8, strength=-1.0)
+
+
+def _header(tmp_path, model, **kwargs):
+    opt = kwargs.pop("optimizer", None) or torch.optim.AdamW(model.parameters(), lr=1e-3)
+    log = tmp_path / "run.jsonl"
+    trimtab.Regime(model, opt, total_steps=5, log=log, **kwargs).close()
+    return next(iter(trimtab.read_log(log)))
+
+
+def test_the_regime_scales_its_arbiter_by_trainable_parameters(tmp_path):
+    small = _header(tmp_path, nn.Linear(4, 2))
+    assert small["arbiter"] == trimtab.ArbiterConfig().as_dict()
+    assert small["arbiter_scale"]["exponent"] == 1.0
+    large = _header(tmp_path, nn.Linear(2000, 1000))  # 2.0e6 parameters
+    assert large["arbiter_scale"]["parameters"] == 2_001_000
+    assert large["arbiter"]["bounds"]["lr"][1] < 300
+    assert large["arbiter"]["rate_limits"]["speed"][1] < 2.0
+    own = trimtab.ArbiterConfig(cooldown=3)
+    explicit = _header(tmp_path, nn.Linear(2000, 1000), arbiter=own)
+    assert explicit["arbiter"] == own.as_dict() and "arbiter_scale" not in explicit
+
+
+def test_the_recipe_report_goes_into_the_run_header(tmp_path):
+    model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 2))
+    opt, report = trimtab.recipe(model, lr=1e-3, total_steps=5, base_width=16)
+    header = _header(tmp_path, model, optimizer=opt, recipe=report, schedule=report.schedule())
+    assert header["recipe"] == report.as_dict()
+    assert {g["name"] for g in header["groups"]} == {g.name for g in report.groups}
+    readout = next(g for g in header["groups"] if g["name"] == "readout")
+    assert readout["hyperparameters"]["max_grad_norm"] == report.max_grad_norm
+    with pytest.raises(trimtab.ConfigTypeError, match=r"trimtab\.recipe"):
+        trimtab.Regime(model, opt, recipe={"groups": []})
