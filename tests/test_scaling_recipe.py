@@ -63,8 +63,8 @@ def test_adamw_learning_rates_follow_mup_and_decay_follows_the_timescale(width):
     assert groups["input"]["lr"] == groups["bias"]["lr"] == groups["norm"]["lr"] == 1e-3
     assert groups["bias"]["weight_decay"] == groups["norm"]["weight_decay"] == 0.0
     for name in ("input", "hidden", "readout"):
-        g = groups[name]  # the EMA timescale 1/(lr*wd) is 20 % of the run for every group
-        assert 1.0 / (g["lr"] * g["weight_decay"]) == pytest.approx(0.2 * 500)
+        g = groups[name]  # the EMA timescale 1/(lr*wd) is the whole run for every group
+        assert 1.0 / (g["lr"] * g["weight_decay"]) == pytest.approx(500)
     assert all(g["max_grad_norm"] == report.max_grad_norm for g in opt.param_groups)
     assert report.max_grad_norm == pytest.approx(0.5 * math.sqrt(3))
 
@@ -79,8 +79,10 @@ def test_sgd_scales_vectors_by_fan_out_and_keeps_hidden_matrices():
     assert lrs["bias_out3"] == pytest.approx(0.1)  # the readout's bias does not grow
     assert lrs["bias_out64"] == pytest.approx(0.2)
     assert len(by_param) == sum(c.tensors for c in report.groups)
-    hidden = report.group("hidden")  # SGD: (1 - momentum) / (lr * wd) = 20 steps
-    assert (1 - 0.9) / (hidden.lr * hidden.weight_decay) == pytest.approx(20)
+    hidden = report.group("hidden")  # SGD: (1 - momentum) / (lr * wd) = 100 steps
+    assert (1 - 0.9) / (hidden.lr * hidden.weight_decay) == pytest.approx(100)
+    _, short = trimtab.recipe(_mlp(64), "sgd", lr=0.1, total_steps=100, decay_fraction=0.2)
+    assert short.group("hidden").weight_decay == pytest.approx(5 * hidden.weight_decay)
 
 
 def test_embeddings_are_unscaled_and_undecayed_unless_asked():
