@@ -8,6 +8,12 @@ trial states what it expects (the next ``period`` steps' mean training loss no h
 than the last ``period`` steps'); if the loss rises instead, or another policy had to
 cut the rate, the trial is reverted and the group's ramp ends. Both the trial and its
 verdict are events. After ``until`` of the run the policy stays silent.
+
+The opposite mistake shows in the very first steps: an update that moves the weights by
+a large share of their norm (``update_ratio`` above ``max_update_ratio``; healthy runs
+sit near 1e-3 to 1e-2) wrecks the initialisation before any loss-based check can react,
+so the rate is cut at once to bring the ratio to ``target_update_ratio``, and raises
+never take the ratio past ``max_update_ratio``.
 """
 
 from __future__ import annotations
@@ -34,10 +40,12 @@ class EarlyPhase(Policy):
         max_steps: when ``total_steps`` is unknown, the step after which it stops.
         slack: a trial passes when the loss after it is at most the loss before it plus
             this many standard errors of the mean (noise must not revert a good raise).
+        max_update_ratio: update/weight ratio above which the step is cut at once.
+        target_update_ratio: the ratio such a cut aims for.
     """
 
     name = "early_phase"
-    requires = ("loss", "alignment")
+    requires = ("loss", "alignment", "update_ratio")
 
     def __init__(
         self,
@@ -49,6 +57,8 @@ class EarlyPhase(Policy):
         until: float = 0.3,
         max_steps: int = 1000,
         slack: float = 1.0,
+        max_update_ratio: float = 0.15,
+        target_update_ratio: float = 0.05,
     ) -> None:
         self.period = _checks.count("period", period, minimum=2)
         self.raise_above = _checks.real("raise_above", raise_above)
@@ -61,9 +71,26 @@ class EarlyPhase(Policy):
         self.until = _checks.in_open_unit("until", until)
         self.max_steps = _checks.count("max_steps", max_steps)
         self.slack = _checks.real("slack", slack)
+        self.max_update_ratio = _checks.positive("max_update_ratio", max_update_ratio)
+        self.target_update_ratio = _checks.positive("target_update_ratio", target_update_ratio)
+        if self.target_update_ratio >= self.max_update_ratio:
+            raise ConfigError(
+                f"target_update_ratio ({target_update_ratio}) must be below "
+                f"max_update_ratio ({max_update_ratio})"
+            )
 
     def settings(self) -> dict[str, Any]:
-        keys = ["period", "raise_above", "factor", "min_readings", "until", "max_steps", "slack"]
+        keys = [
+            "period",
+            "raise_above",
+            "factor",
+            "min_readings",
+            "until",
+            "max_steps",
+            "slack",
+            "max_update_ratio",
+            "target_update_ratio",
+        ]
         return {k: getattr(self, k) for k in keys}
 
     def initial_state(self) -> PolicyState:
@@ -87,12 +114,38 @@ class EarlyPhase(Policy):
             if reading is not None and math.isfinite(reading):
                 entry["aligns"] = [*entry["aligns"], reading][-self.min_readings - 2 :]
         state = {"losses": losses, "groups": groups}
-        if view.step % self.period or view.step < self.period:
-            return [], state
         proposals: list[Proposal] = []
+        if view.step <= self._horizon(view):
+            for group in view.groups:
+                cut = self._too_fast(view, group, groups[group])
+                if cut is not None:
+                    proposals.append(cut)
+        if proposals or view.step % self.period or view.step < self.period:
+            return proposals, state
         for group in view.groups:
             proposals += self._decide(view, group, groups[group], losses)
         return proposals, state
+
+    def _too_fast(self, view: PolicyView, group: str, entry: dict[str, Any]) -> Proposal | None:
+        ratio = view.signals.fresh(f"update_ratio/{group}", view.step)
+        if ratio is None or not math.isfinite(ratio) or ratio <= self.max_update_ratio:
+            return None
+        entry["trial"] = None  # a pending raise is moot: the rate comes down
+        factor = self.target_update_ratio / ratio
+        why = (
+            f"one update moved the weights by {ratio:.3g} of their norm (> "
+            f"{self.max_update_ratio:g}; healthy runs sit near 1e-3 to 1e-2): the step is "
+            f"far too large; lr x{factor:.3g} to aim for {self.target_update_ratio:g}"
+        )
+        return Proposal(
+            policy=self.name,
+            reason=why,
+            priority=Priority.STABILITY,
+            knob=Knob.LR,
+            group=group,
+            factor=factor,
+            signals={f"update_ratio/{group}": ratio},
+        )
 
     def _decide(
         self, view: PolicyView, group: str, entry: dict[str, Any], losses: list[float]
@@ -114,6 +167,9 @@ class EarlyPhase(Policy):
         mean_align = sum(aligns) / len(aligns)
         if mean_align <= self.raise_above:
             return out
+        ratio = view.signals.get(f"update_ratio/{group}")
+        if ratio is not None and ratio * self.factor > self.max_update_ratio:
+            return out  # a raise would make the step too large
         recent = losses[-self.period :]
         before = sum(recent) / len(recent)
         spread = stats.robust_range(recent)[1] / math.sqrt(len(recent))
