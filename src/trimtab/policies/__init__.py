@@ -16,7 +16,7 @@ POLICIES = MappingProxyType(
         EarlyPhase.name: EarlyPhase,
     }
 )
-DEFAULT_POLICIES = ("stability_guard", "plateau")
+DEFAULT_POLICIES = ("stability_guard", "early_phase", "plateau")
 
 __all__ = [
     "DEFAULT_POLICIES",

@@ -45,20 +45,20 @@ class EarlyPhase(Policy):
     """
 
     name = "early_phase"
-    requires = ("loss", "alignment", "update_ratio")
+    requires = ("loss",)  # reads alignment and update_ratio when those probes run
 
     def __init__(
         self,
         *,
         period: int = 10,
-        raise_above: float = 0.2,
+        raise_above: float = 0.1,
         factor: float = 2.0,
         min_readings: int = 3,
         until: float = 0.3,
         max_steps: int = 1000,
         slack: float = 1.0,
         max_update_ratio: float = 0.15,
-        target_update_ratio: float = 0.05,
+        target_update_ratio: float = 0.03,
     ) -> None:
         self.period = _checks.count("period", period, minimum=2)
         self.raise_above = _checks.real("raise_above", raise_above)
@@ -140,7 +140,7 @@ class EarlyPhase(Policy):
         return Proposal(
             policy=self.name,
             reason=why,
-            priority=Priority.STABILITY,
+            priority=Priority.SAFETY,
             knob=Knob.LR,
             group=group,
             factor=factor,

@@ -38,7 +38,7 @@ PROBES = MappingProxyType(
         AlignmentProbe.name: AlignmentProbe,
     }
 )
-DEFAULT_PROBES = ("loss", "grad_norm", "nonfinite", "update_ratio")
+DEFAULT_PROBES = ("loss", "grad_norm", "nonfinite", "update_ratio", "alignment")
 PRESETS = MappingProxyType(
     {
         "cheap": ("loss", "grad_norm", "nonfinite", "loss_trend", "shift"),

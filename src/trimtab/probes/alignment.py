@@ -58,7 +58,7 @@ class AlignmentProbe(Probe):
                 before = self._before.get(group.name)
                 if before:
                     # before - after = -(update): the direction a gradient agrees with
-                    params = list(group.params)
+                    params = [p.detach() for p in group.params]
                     before = [b.to(p.device) for b, p in zip(before, params, strict=True)]
                     self._deltas[group.name] = torch._foreach_sub(before, params)
             self._delta_step = ctx.step
