@@ -290,8 +290,9 @@ def markdown(tuned: dict, held: dict, seconds: float) -> str:
         "Read these figures with their limits: four fault types (evaluation in training "
         "mode, Adam with L2, decay on norms and biases, fp16 without loss scaling) are "
         "set-up lints read from the run header and the observe records, so they are found "
-        "by construction once logged; fp16 is recorded through the parameter dtypes, with no "
-        "loss scaling assumed (mixed precision lands in issue 8). Dead and saturated units "
+        "by construction once logged; the corpus's fp16 runs hold float16 weights, which the "
+        "header's dtypes record (a Regime with precision='fp16' records its loss scaling "
+        "too). Dead and saturated units "
         "need the non-default `activations` probe, which every corpus run enables. The "
         "corpus has one fault per run, one task and one model family.",
         "",

@@ -75,3 +75,40 @@ def test_a_nan_observation_is_not_judged():
 def test_bad_settings_fail_at_construction(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         Plateau(**kwargs)
+
+
+def _drive_aligned(values, alignment):
+    """Observations with a steady alignment reading between them."""
+    signals = Signals()
+    policy = Plateau(window=5, cooldown=0)
+    state = policy.initial_state()
+    out = []
+    for i, value in enumerate(values):
+        for k in range(3):
+            signals.record(i * 10 + k, {"alignment/global": alignment})
+        signals.observe(i * 10, {"val_loss": value})
+        proposals, state = policy.propose(PolicyView(i * 10, None, signals, ("g0",), {}), state)
+        out.append(proposals)
+    return out
+
+
+def test_a_plateau_with_agreeing_gradients_tries_a_raise_and_reverts_it_if_worse():
+    values = [1.0, 1.02, 0.99, 1.01, 1.0, 1.2]
+    rounds = _drive_aligned(values, alignment=0.5)
+    (trial,) = rounds[4]
+    assert trial.knob is Knob.LR and trial.factor == 2.0 and trial.priority is Priority.SPEED
+    assert "too small" in trial.reason and "provisional" in trial.reason
+    (revert,) = rounds[5]
+    assert revert.factor == 0.5 and "reverted" in revert.reason
+    assert revert.signals == {"val_loss": 1.2, "before": 1.0}
+
+
+def test_a_raise_that_helps_is_kept_with_a_verdict():
+    rounds = _drive_aligned([1.0, 1.02, 0.99, 1.01, 1.0, 0.9], alignment=0.5)
+    (verdict,) = rounds[5]
+    assert verdict.action is Action.VERDICT and "kept" in verdict.reason
+
+
+def test_without_agreeing_gradients_a_plateau_still_cuts():
+    rounds = _drive_aligned([1.0, 1.02, 0.99, 1.01, 1.0], alignment=-0.05)
+    assert rounds[4][0].factor == 0.5

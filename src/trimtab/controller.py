@@ -282,6 +282,8 @@ class Controller:
             elif proposal.action is Action.STOP:
                 self.stop_requested = True
                 self._record(_action_event(self.step, EventKind.STOP, proposal))
+            elif proposal.action is Action.VERDICT:
+                self._record(_action_event(self.step, EventKind.VERDICT, proposal))
         self._couple_shared_lr(bases)
         if outcome is not Outcome.STEPPED:
             self._last_incident = self.step
@@ -542,7 +544,7 @@ def _action_event(step: int, kind: EventKind, proposal: Any) -> Event:
     return Event(
         step=step,
         knob=None,
-        group=None,
+        group=proposal.group,
         old=None,
         new=None,
         policy=proposal.policy,

@@ -48,6 +48,7 @@ class Action(str, enum.Enum):
     SKIP = "skip"
     ROLLBACK = "rollback"
     STOP = "stop"
+    VERDICT = "verdict"  # a provisional change's outcome, logged without moving a knob
 
 
 class EventKind(str, enum.Enum):
@@ -58,6 +59,7 @@ class EventKind(str, enum.Enum):
     ROLLBACK = "rollback"
     STOP = "stop"
     BASE = "base"
+    VERDICT = "verdict"
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from types import MappingProxyType
 
 from trimtab.policies.base import Policy, PolicyState, PolicyView
+from trimtab.policies.early_phase import EarlyPhase
 from trimtab.policies.plateau import Plateau
 from trimtab.policies.stability_guard import StabilityGuard
 
@@ -12,13 +13,15 @@ POLICIES = MappingProxyType(
     {
         StabilityGuard.name: StabilityGuard,
         Plateau.name: Plateau,
+        EarlyPhase.name: EarlyPhase,
     }
 )
-DEFAULT_POLICIES = ("stability_guard", "plateau")
+DEFAULT_POLICIES = ("stability_guard", "early_phase", "plateau")
 
 __all__ = [
     "DEFAULT_POLICIES",
     "POLICIES",
+    "EarlyPhase",
     "Plateau",
     "Policy",
     "PolicyState",

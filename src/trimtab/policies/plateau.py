@@ -1,8 +1,13 @@
-"""Plateau: when a validation metric stops improving, nudge the learning rate down.
+"""Plateau: when a validation metric stops improving, nudge the learning rate.
 
 "Stopped improving" is a statistical statement, not a single comparison: over the last
 ``window`` observations the least-squares slope's one-sided 95 % bound must fail to show
 an improvement of at least ``min_rel_improvement`` of the metric per observation.
+
+Down by default. But a flat metric while the gradient still agrees with the previous
+update (``alignment/global`` above ``raise_above``) means the steps are too small, not
+too large: then the policy tries a provisional raise instead, keeps it if the next
+observation is no worse than the last one, and reverts it otherwise.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ class Plateau(Policy):
             that counts as progress.
         stop_patience: stop the run after this many observations without a new best
             (``None``: never stop).
+        raise_above: mean ``alignment/global`` above which a plateau tries a raise.
+        raise_factor: LR factor of that provisional raise.
     """
 
     name = "plateau"
@@ -42,6 +49,8 @@ class Plateau(Policy):
         cooldown: int = 3,
         min_rel_improvement: float = 1e-3,
         stop_patience: int | None = None,
+        raise_above: float = 0.1,
+        raise_factor: float = 2.0,
     ) -> None:
         if not isinstance(metric, str) or not metric:
             raise ConfigError(f"metric must be a non-empty string, got {metric!r}")
@@ -55,6 +64,10 @@ class Plateau(Policy):
         self.min_rel_improvement = _checks.real("min_rel_improvement", min_rel_improvement)
         if self.min_rel_improvement < 0:
             raise ConfigError(f"min_rel_improvement must be >= 0, got {min_rel_improvement}")
+        self.raise_above = _checks.real("raise_above", raise_above)
+        self.raise_factor = _checks.positive("raise_factor", raise_factor)
+        if self.raise_factor <= 1.0:
+            raise ConfigError(f"raise_factor must be > 1, got {raise_factor}")
         self.stop_patience = (
             None if stop_patience is None else _checks.count("stop_patience", stop_patience)
         )
@@ -68,11 +81,13 @@ class Plateau(Policy):
             "cooldown",
             "min_rel_improvement",
             "stop_patience",
+            "raise_above",
+            "raise_factor",
         ]
         return {k: getattr(self, k) for k in keys}
 
     def initial_state(self) -> PolicyState:
-        return {"seen": 0, "since_cut": 0, "best": None, "since_best": 0}
+        return {"seen": 0, "since_cut": 0, "best": None, "since_best": 0, "trial": None}
 
     def propose(self, view: PolicyView, state: PolicyState) -> tuple[list[Proposal], PolicyState]:
         history = view.signals.observations(self.metric)
@@ -84,6 +99,10 @@ class Plateau(Policy):
             return [], state  # the newest value was NaN/inf: nothing to judge on
         sign = 1.0 if self.mode == "min" else -1.0
         latest = sign * history[-1][1]
+        trial = state.get("trial")
+        if trial is not None:
+            state["trial"] = None
+            return [self._verdict(trial, latest, sign)], state
         if state["best"] is None or latest < state["best"]:
             state.update(best=latest, since_best=0)
         else:
@@ -114,6 +133,26 @@ class Plateau(Policy):
         slope, low, high = sign * fit.slope, sign * fit.lower, sign * fit.upper
         low, high = min(low, high), max(low, high)
         direction = "falling" if self.mode == "min" else "rising"
+        aligns = view.signals.window("alignment/global")[-5:]
+        alignment = sum(aligns) / len(aligns) if len(aligns) >= 3 else None
+        if alignment is not None and alignment > self.raise_above:
+            state["trial"] = {"value": latest, "step": view.step}
+            why = (
+                f"{self.metric} is not significantly {direction} over the last {fit.n} "
+                f"observations (slope {slope:+.4g}/obs), yet gradients still agree with the "
+                f"previous updates (mean alignment {alignment:+.2f} > {self.raise_above:+.2f}): "
+                f"the steps are too small; provisional lr x{self.raise_factor:g}, expecting "
+                f"the next {self.metric} to be no worse than {history[-1][1]:.4g}, else reverted"
+            )
+            raise_ = Proposal(
+                policy=self.name,
+                reason=why,
+                priority=Priority.SPEED,
+                knob=Knob.LR,
+                factor=self.raise_factor,
+                signals={self.metric: history[-1][1], "alignment": alignment, "provisional": 1.0},
+            )
+            return [raise_], state
         why = (
             f"{self.metric} is not significantly {direction} over the last {fit.n} "
             f"observations: slope {slope:+.4g}/obs (95% band {low:+.4g} to {high:+.4g}), "
@@ -135,3 +174,28 @@ class Plateau(Policy):
             signals=evidence,
         )
         return [cut], state
+
+    def _verdict(self, trial: dict[str, Any], latest: float, sign: float) -> Proposal:
+        evidence = {self.metric: sign * latest, "before": sign * trial["value"]}
+        if latest <= trial["value"]:
+            return Proposal(
+                policy=self.name,
+                reason=(
+                    f"raise of step {trial['step']} kept: {self.metric} {sign * latest:.4g} is "
+                    f"no worse than {sign * trial['value']:.4g} before it"
+                ),
+                priority=Priority.SPEED,
+                action=Action.VERDICT,
+                signals=evidence,
+            )
+        return Proposal(
+            policy=self.name,
+            reason=(
+                f"raise of step {trial['step']} reverted: {self.metric} {sign * latest:.4g} is "
+                f"worse than {sign * trial['value']:.4g} before it; lr x{1 / self.raise_factor:g}"
+            ),
+            priority=Priority.SCHEDULE,
+            knob=Knob.LR,
+            factor=1.0 / self.raise_factor,
+            signals=evidence,
+        )

@@ -135,7 +135,8 @@ class StabilityGuard(Policy):
         }
 
     def propose(self, view: PolicyView, state: PolicyState) -> tuple[list[Proposal], PolicyState]:
-        state = {**state, "ceilings": dict(state["ceilings"])}
+        state = {**state, "ceilings": {g: dict(c) for g, c in state["ceilings"].items()}}
+        self._follow_others(view, state)
         signals = view.signals
         loss = signals.fresh("loss/train", view.step)
         grad_norm = signals.fresh("grad_norm/global", view.step)
@@ -310,7 +311,9 @@ class StabilityGuard(Policy):
             before = state["ceilings"].get(group, {}).get("multiplier", current)
             state["ceilings"][group] = {
                 "lr": effective * self.ceiling if repeated else effective,
-                "multiplier": max(before, current),  # never recover past the user's level
+                # where recovery stops: the level before the guard's own cuts
+                "multiplier": max(before, current),
+                "seen": current * cut,
             }
         # The loss window is kept: the snapshot restored is from that same stretch.
         state.update(
@@ -341,6 +344,21 @@ class StabilityGuard(Policy):
         ]
         return proposals, state
 
+    def _follow_others(self, view: PolicyView, state: PolicyState) -> None:
+        """Move the recovery target with other policies' changes to the LR.
+
+        Recovery restores only what the guard itself cut: when a plateau cut halves the
+        rate during recovery, the level to return to halves too (and a raise lifts it).
+        """
+        for group, ceiling in state["ceilings"].items():
+            current = view.multiplier(Knob.LR, group)
+            seen = ceiling.get("seen", current)
+            intended = ceiling.pop("intended", None)
+            ours = intended is not None and math.isclose(current, intended, rel_tol=1e-6)
+            if not ours and seen > 0 and not math.isclose(current, seen, rel_tol=1e-6):
+                ceiling["multiplier"] *= current / seen
+            ceiling["seen"] = current
+
     def _recover(self, view: PolicyView, state: PolicyState) -> list[Proposal]:
         if state["healthy_since"] < self.recovery_every or not state["ceilings"]:
             return []
@@ -356,6 +374,7 @@ class StabilityGuard(Policy):
             if current >= limit * 0.999:
                 continue
             target = min(current * self.recovery_factor, limit)
+            ceiling["intended"] = target
             proposals.append(
                 Proposal(
                     policy=self.name,

@@ -9,6 +9,7 @@ from __future__ import annotations
 from types import MappingProxyType
 
 from trimtab.probes.activations import ActivationProbe
+from trimtab.probes.alignment import AlignmentProbe
 from trimtab.probes.base import Cost, GroupView, Probe, StepContext
 from trimtab.probes.curvature import CurvatureProbe
 from trimtab.probes.drift import DriftProbe
@@ -34,9 +35,10 @@ PROBES = MappingProxyType(
         DriftProbe.name: DriftProbe,
         ActivationProbe.name: ActivationProbe,
         ShiftProbe.name: ShiftProbe,
+        AlignmentProbe.name: AlignmentProbe,
     }
 )
-DEFAULT_PROBES = ("loss", "grad_norm", "nonfinite", "update_ratio")
+DEFAULT_PROBES = ("loss", "grad_norm", "nonfinite", "update_ratio", "alignment")
 PRESETS = MappingProxyType(
     {
         "cheap": ("loss", "grad_norm", "nonfinite", "loss_trend", "shift"),
@@ -59,6 +61,7 @@ __all__ = [
     "PRESETS",
     "PROBES",
     "ActivationProbe",
+    "AlignmentProbe",
     "Cost",
     "CurvatureProbe",
     "DriftProbe",

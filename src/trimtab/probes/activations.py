@@ -4,8 +4,9 @@ sigmoid units, and the activation scale (RMS) per layer.
 Hooks are registered on ``attach`` and removed on ``detach``; they record only on the
 forward pass of a due step (they are armed one step ahead), so between readings a hook
 costs one boolean check. A unit is a feature (last dimension) or, for 4-D outputs, a
-channel; it is *dead* when it is zero for every sample of the batch and *saturated*
-when |tanh| > 0.99, or sigmoid < 0.01 or > 0.99, for at least 99 % of the batch.
+channel; it is *dead* when it is zero for every sample of the batch. *saturated* is
+the share of outputs with |tanh| > 0.99, or sigmoid < 0.01 or > 0.99 (each passes back
+less than 2 % of its gradient).
 """
 
 from __future__ import annotations
@@ -86,8 +87,7 @@ class ActivationProbe(Probe):
                     if isinstance(module, nn.Tanh)
                     else ((units < 0.01) | (units > 0.99))
                 )
-                saturated = edge.float().mean(dim=0) >= 0.99
-                self._record(prefix, "saturated", saturated)
+                self._record(prefix, "saturated", edge)
             else:
                 self._record(prefix, "dead", (units.abs() <= 1e-12).all(dim=0))
 

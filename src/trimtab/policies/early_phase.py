@@ -1,0 +1,250 @@
+"""Early phase: find the learning rate's scale in the first part of the run, on the fly.
+
+A learning rate that is 10-100x too small is the most common reason a run "works but
+slowly", and no cut-only policy can fix it. While the new gradient keeps agreeing with
+the previous update (``alignment`` well above zero: a bigger step would have helped),
+this policy doubles the group's learning rate, one provisional trial at a time. Each
+trial states what it expects (the next ``period`` steps' mean training loss no higher
+than the last ``period`` steps'); if the loss rises instead, or another policy had to
+cut the rate, the trial is reverted and the group's ramp ends. Both the trial and its
+verdict are events. After ``until`` of the run the policy stays silent.
+
+The opposite mistake shows in the very first steps: an update that moves the weights by
+a large share of their norm (``update_ratio`` above ``max_update_ratio``; healthy runs
+sit near 1e-3 to 1e-2) wrecks the initialisation before any loss-based check can react,
+so the rate is cut at once to bring the ratio to ``target_update_ratio``, and raises
+never take the ratio past ``max_update_ratio``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from trimtab import _checks, stats
+from trimtab.errors import ConfigError
+from trimtab.policies.base import Policy, PolicyState, PolicyView
+from trimtab.types import Action, Knob, Priority, Proposal
+
+
+class EarlyPhase(Policy):
+    """Provisionally raise a group's LR while its gradients agree with its updates.
+
+    Args:
+        period: steps between decisions (and the length of a trial).
+        raise_above: mean alignment (cosine of gradient and previous update) above which
+            the step is judged too small.
+        factor: LR factor of one trial (> 1).
+        min_readings: alignment readings needed for a decision.
+        until: fraction of ``total_steps`` after which the policy stops ramping.
+        max_steps: when ``total_steps`` is unknown, the step after which it stops.
+        slack: a trial passes when the loss after it is at most the loss before it plus
+            this many standard errors of the mean (noise must not revert a good raise).
+        max_update_ratio: update/weight ratio above which the step is cut at once.
+        target_update_ratio: the ratio such a cut aims for.
+    """
+
+    name = "early_phase"
+    requires = ("loss",)  # reads alignment and update_ratio when those probes run
+
+    def __init__(
+        self,
+        *,
+        period: int = 10,
+        raise_above: float = 0.1,
+        factor: float = 2.0,
+        min_readings: int = 3,
+        until: float = 0.3,
+        max_steps: int = 1000,
+        slack: float = 1.0,
+        max_update_ratio: float = 0.15,
+        target_update_ratio: float = 0.03,
+    ) -> None:
+        self.period = _checks.count("period", period, minimum=2)
+        self.raise_above = _checks.real("raise_above", raise_above)
+        if not -1.0 < self.raise_above < 1.0:
+            raise ConfigError(f"raise_above must be a cosine in (-1, 1), got {raise_above}")
+        self.factor = _checks.positive("factor", factor)
+        if self.factor <= 1.0:
+            raise ConfigError(f"factor must be > 1 (it raises the LR), got {factor}")
+        self.min_readings = _checks.count("min_readings", min_readings)
+        self.until = _checks.in_open_unit("until", until)
+        self.max_steps = _checks.count("max_steps", max_steps)
+        self.slack = _checks.real("slack", slack)
+        self.max_update_ratio = _checks.positive("max_update_ratio", max_update_ratio)
+        self.target_update_ratio = _checks.positive("target_update_ratio", target_update_ratio)
+        if self.target_update_ratio >= self.max_update_ratio:
+            raise ConfigError(
+                f"target_update_ratio ({target_update_ratio}) must be below "
+                f"max_update_ratio ({max_update_ratio})"
+            )
+
+    def settings(self) -> dict[str, Any]:
+        keys = [
+            "period",
+            "raise_above",
+            "factor",
+            "min_readings",
+            "until",
+            "max_steps",
+            "slack",
+            "max_update_ratio",
+            "target_update_ratio",
+        ]
+        return {k: getattr(self, k) for k in keys}
+
+    def initial_state(self) -> PolicyState:
+        return {"losses": [], "groups": {}}
+
+    def _horizon(self, view: PolicyView) -> int:
+        if view.total_steps is None:
+            return self.max_steps
+        return int(self.until * view.total_steps)
+
+    def propose(self, view: PolicyView, state: PolicyState) -> tuple[list[Proposal], PolicyState]:
+        signals = view.signals
+        losses = list(state["losses"])
+        loss = signals.fresh("loss/train", view.step)
+        if loss is not None and math.isfinite(loss):
+            losses = [*losses, loss][-2 * self.period :]
+        groups = {g: dict(v) for g, v in state["groups"].items()}
+        for group in view.groups:
+            entry = groups.setdefault(group, {"aligns": [], "trial": None, "done": False})
+            reading = signals.fresh(f"alignment/{group}", view.step)
+            if reading is not None and math.isfinite(reading):
+                entry["aligns"] = [*entry["aligns"], reading][-self.min_readings - 2 :]
+        state = {"losses": losses, "groups": groups}
+        proposals: list[Proposal] = []
+        if view.step <= self._horizon(view):
+            for group in view.groups:
+                cut = self._too_fast(view, group, groups[group])
+                if cut is not None:
+                    proposals.append(cut)
+        if proposals or view.step % self.period or view.step < self.period:
+            return proposals, state
+        for group in view.groups:
+            proposals += self._decide(view, group, groups[group], losses)
+        return proposals, state
+
+    def _too_fast(self, view: PolicyView, group: str, entry: dict[str, Any]) -> Proposal | None:
+        ratio = view.signals.fresh(f"update_ratio/{group}", view.step)
+        if ratio is None or not math.isfinite(ratio) or ratio <= self.max_update_ratio:
+            return None
+        entry["trial"] = None  # a pending raise is moot: the rate comes down
+        factor = self.target_update_ratio / ratio
+        why = (
+            f"one update moved the weights by {ratio:.3g} of their norm (> "
+            f"{self.max_update_ratio:g}; healthy runs sit near 1e-3 to 1e-2): the step is "
+            f"far too large; lr x{factor:.3g} to aim for {self.target_update_ratio:g}"
+        )
+        return Proposal(
+            policy=self.name,
+            reason=why,
+            priority=Priority.SAFETY,
+            knob=Knob.LR,
+            group=group,
+            factor=factor,
+            signals={f"update_ratio/{group}": ratio},
+        )
+
+    def _decide(
+        self, view: PolicyView, group: str, entry: dict[str, Any], losses: list[float]
+    ) -> list[Proposal]:
+        current = view.multiplier(Knob.LR, group)
+        out: list[Proposal] = []
+        trial = entry["trial"]
+        if trial is not None:
+            entry["trial"] = None
+            verdict = self._verdict(group, entry, trial, current, losses)
+            out.append(verdict)
+            if verdict.action is not Action.VERDICT or entry["done"]:
+                return out  # reverted or over: no new trial on the same step
+        if entry["done"] or view.step > self._horizon(view):
+            return out
+        aligns = entry["aligns"]
+        if len(aligns) < self.min_readings or len(losses) < self.period:
+            return out
+        mean_align = sum(aligns) / len(aligns)
+        if mean_align <= self.raise_above:
+            return out
+        ratio = view.signals.get(f"update_ratio/{group}")
+        if ratio is not None and ratio * self.factor > self.max_update_ratio:
+            return out  # a raise would make the step too large
+        recent = losses[-self.period :]
+        before = sum(recent) / len(recent)
+        spread = stats.robust_range(recent)[1] / math.sqrt(len(recent))
+        entry["trial"] = {"step": view.step, "before": before, "se": spread, "after": None}
+        entry["trial"]["multiplier"] = current * self.factor
+        entry["aligns"] = []
+        why = (
+            f"gradient and previous update agree (mean alignment {mean_align:+.2f} over "
+            f"{len(aligns)} readings > {self.raise_above:+.2f}): the step is too small; "
+            f"provisional lr x{self.factor:g}, expecting the mean train loss of the next "
+            f"{self.period} steps to stay at or below {before:.4g} (+{self.slack:g} s.e. "
+            f"{spread:.2g}), else reverted"
+        )
+        raise_ = Proposal(
+            policy=self.name,
+            reason=why,
+            priority=Priority.SPEED,
+            knob=Knob.LR,
+            group=group,
+            factor=self.factor,
+            signals={"alignment": mean_align, "loss/mean": before, "provisional": 1.0},
+        )
+        return [*out, raise_]
+
+    def _verdict(
+        self,
+        group: str,
+        entry: dict[str, Any],
+        trial: dict[str, Any],
+        current: float,
+        losses: list[float],
+    ) -> Proposal | None:
+        recent = losses[-self.period :]
+        after = sum(recent) / len(recent) if recent else math.inf
+        limit = trial["before"] + self.slack * trial["se"]
+        applied = current >= trial["multiplier"] * 0.999
+        evidence = {"loss/before": trial["before"], "loss/after": after, "limit": limit}
+        if not applied:
+            # The raise was refused or another policy cut the rate since: the ramp is over.
+            entry["done"] = True
+            return Proposal(
+                policy=self.name,
+                reason=(
+                    f"trial of step {trial['step']} ended: the lr multiplier is "
+                    f"{current:.3g}, not the {trial['multiplier']:.3g} it raised to "
+                    "(refused or cut by another policy); no further raises"
+                ),
+                priority=Priority.SPEED,
+                action=Action.VERDICT,
+                group=group,
+                signals=evidence,
+            )
+        if after <= limit:
+            return Proposal(
+                policy=self.name,
+                reason=(
+                    f"trial of step {trial['step']} kept: mean train loss {after:.4g} over "
+                    f"the last {len(recent)} steps, at or below {limit:.4g}"
+                ),
+                priority=Priority.SPEED,
+                action=Action.VERDICT,
+                group=group,
+                signals=evidence,
+            )
+        entry["done"] = True
+        return Proposal(
+            policy=self.name,
+            reason=(
+                f"trial of step {trial['step']} reverted: mean train loss {after:.4g} over "
+                f"the last {len(recent)} steps is above {limit:.4g}; lr x{1 / self.factor:g} "
+                "and no further raises for this group"
+            ),
+            priority=Priority.SPEED,
+            knob=Knob.LR,
+            group=group,
+            factor=1.0 / self.factor,
+            signals=evidence,
+        )

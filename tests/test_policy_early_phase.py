@@ -1,0 +1,168 @@
+"""The early phase: provisional raises while gradients agree with updates, their verdicts,
+and the cut when one update moves the weights too far; scripted and end to end."""
+
+import math
+
+import pytest
+import torch
+from tests.conftest import batch, tiny_regression
+
+from trimtab import Regime
+from trimtab.errors import ConfigError
+from trimtab.policies import EarlyPhase, PolicyView, StabilityGuard
+from trimtab.probes import AlignmentProbe, GroupView, StepContext
+from trimtab.signals import Signals
+from trimtab.types import Action, Knob, Priority
+
+GROUPS = ("g0",)
+
+
+class Script:
+    """Feeds one step of signals at a time, applying knob proposals like an arbiter."""
+
+    def __init__(self, policy, total_steps=1000):
+        self.policy = policy
+        self.state = policy.initial_state()
+        self.signals = Signals()
+        self.multipliers = {}
+        self.total_steps = total_steps
+        self.step = 0
+
+    def feed(self, **values):
+        self.signals.record(self.step, values)
+        view = PolicyView(self.step, self.total_steps, self.signals, GROUPS, dict(self.multipliers))
+        proposals, self.state = self.policy.propose(view, self.state)
+        for p in proposals:
+            if p.knob is Knob.LR:
+                old = self.multipliers.get((Knob.LR, "g0"), 1.0)
+                self.multipliers[(Knob.LR, "g0")] = p.target or old * p.factor
+        self.step += 1
+        return proposals
+
+
+def _lr(script):
+    return script.multipliers.get((Knob.LR, "g0"), 1.0)
+
+
+def test_agreeing_gradients_raise_provisionally_and_a_falling_loss_keeps_the_raise():
+    script = Script(EarlyPhase())
+    seen = []
+    for i in range(40):
+        seen += script.feed(**{"loss/train": 2.0 - 0.01 * i, "alignment/g0": 0.4})
+    raises = [p for p in seen if p.knob is Knob.LR]
+    verdicts = [p for p in seen if p.action is Action.VERDICT]
+    assert raises and all(p.factor == 2.0 and p.priority is Priority.SPEED for p in raises)
+    assert "provisional" in raises[0].reason and "alignment +0.40" in raises[0].reason
+    assert verdicts and all("kept" in v.reason for v in verdicts)
+    assert _lr(script) == 2.0 ** len(raises) and len(raises) >= 2
+
+
+def test_a_raise_that_makes_the_loss_rise_is_reverted_and_the_ramp_ends():
+    script = Script(EarlyPhase())
+    seen = []
+    for i in range(11):  # the first trial starts at step 10
+        seen += script.feed(**{"loss/train": 2.0 + 0.01 * math.sin(i), "alignment/g0": 0.5})
+    assert _lr(script) == 2.0
+    for _ in range(10):  # the loss jumps after the raise
+        seen += script.feed(**{"loss/train": 3.0, "alignment/g0": 0.5})
+    reverted = [p for p in seen if p.knob is Knob.LR and p.factor == 0.5]
+    assert len(reverted) == 1 and "reverted" in reverted[0].reason
+    assert reverted[0].signals["loss/after"] == pytest.approx(3.0)
+    assert _lr(script) == 1.0
+    for _ in range(60):  # no further raises, however strong the alignment
+        assert not [p for p in script.feed(**{"loss/train": 1.0, "alignment/g0": 0.9}) if p.knob]
+
+
+def test_no_raise_when_gradients_do_not_agree_or_the_phase_is_over():
+    script = Script(EarlyPhase(), total_steps=100)
+    for i in range(31):  # the horizon is step 30 (30 % of 100)
+        assert script.feed(**{"loss/train": 2.0 - 0.01 * i, "alignment/g0": 0.0}) == []
+    for _ in range(40):
+        assert script.feed(**{"loss/train": 1.0, "alignment/g0": 0.8}) == []
+
+
+def test_an_update_that_moves_the_weights_too_far_is_cut_at_once():
+    script = Script(EarlyPhase())
+    proposals = script.feed(**{"loss/train": 2.0, "update_ratio/g0": 0.4})
+    assert len(proposals) == 1 and proposals[0].priority is Priority.SAFETY
+    assert proposals[0].factor == pytest.approx(0.03 / 0.4)
+    assert "0.4 of their norm" in proposals[0].reason
+
+
+def test_bad_settings_are_refused_with_the_reason():
+    with pytest.raises(ConfigError, match="factor must be > 1"):
+        EarlyPhase(factor=0.5)
+    with pytest.raises(ConfigError, match="target_update_ratio"):
+        EarlyPhase(max_update_ratio=0.1, target_update_ratio=0.2)
+
+
+def test_alignment_probe_matches_a_hand_computed_cosine_and_skips_a_gap():
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(5))
+    probe = AlignmentProbe(every=2)
+    group = GroupView("g0", (w,))
+    target = torch.randn(5)
+
+    def grad_at():
+        w.grad = None
+        ((w - target) ** 2).sum().backward()
+        return w.grad.clone()
+
+    grad_at()
+    assert probe.before_step(StepContext(step=1, loss=None, groups=[group])) == {}
+    before = w.detach().clone()
+    with torch.no_grad():
+        w.sub_(0.1 * w.grad)
+    probe.after_step(StepContext(step=1, loss=None, groups=[group]))
+    g = grad_at()
+    got = probe.before_step(StepContext(step=2, loss=None, groups=[group]))
+    minus_update = before - w.detach()
+    want = torch.dot(g, minus_update) / (g.norm() * minus_update.norm())
+    assert got["alignment/g0"].item() == pytest.approx(want.item(), abs=1e-6)
+    assert got["alignment/global"].item() == pytest.approx(want.item(), abs=1e-6)
+    # A step that was not applied (no after_step) leaves no reading.
+    probe.before_step(StepContext(step=3, loss=None, groups=[group]))
+    assert probe.before_step(StepContext(step=4, loss=None, groups=[group])) == {}
+
+
+def _train(lr, policies=None, steps=150):
+    x, y = tiny_regression()
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 1))
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    kwargs = {} if policies is None else {"policies": policies}
+    regime = Regime(model, opt, total_steps=steps, **kwargs)
+    for i in range(steps):
+        xb, yb = batch(x, y, i)
+        regime.backward(torch.nn.functional.mse_loss(model(xb), yb))
+        regime.step()
+    return regime, torch.nn.functional.mse_loss(model(x), y).item()
+
+
+def test_a_learning_rate_100x_too_low_is_raised_and_trains_much_further():
+    regime, adapted = _train(1e-4)
+    _, plain = _train(1e-4, policies=())
+    raises = [e for e in regime.events if e.policy == "early_phase" and e.knob == "lr"]
+    assert len(raises) >= 3 and all(e.new == pytest.approx(2 * e.old) for e in raises)
+    assert any(e.kind.value == "verdict" and "kept" in e.reason for e in regime.events)
+    assert adapted < 0.5 * plain
+
+
+def test_a_learning_rate_far_too_high_is_cut_in_the_first_steps():
+    regime, _ = _train(1.0)
+    cuts = [e for e in regime.events if e.policy == "early_phase" and e.knob == "lr"]
+    assert cuts and cuts[0].step <= 10 and cuts[0].new < cuts[0].old / 3
+
+
+def test_guard_recovery_restores_only_its_own_cut():
+    guard = StabilityGuard(recovery_every=5)
+    script = Script(guard)
+    for i in range(20):
+        script.feed(**{"loss/train": 1.0 + 0.01 * math.sin(i), "grad_norm/global": 1.0})
+    script.feed(**{"loss/train": 50.0, "grad_norm/global": 1.0})  # spike: skip
+    script.feed(**{"loss/train": 50.0, "grad_norm/global": 1.0})  # again: roll back, cut
+    assert _lr(script) == pytest.approx(0.3)
+    script.multipliers[(Knob.LR, "g0")] = 0.15  # another policy halves the rate
+    for i in range(200):
+        script.feed(**{"loss/train": 1.0 + 0.01 * math.sin(i), "grad_norm/global": 1.0})
+    assert _lr(script) == pytest.approx(0.5)  # back to half the level, not to 1.0
