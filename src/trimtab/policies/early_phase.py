@@ -173,8 +173,12 @@ class EarlyPhase(Policy):
         recent = losses[-self.period :]
         before = sum(recent) / len(recent)
         spread = stats.robust_range(recent)[1] / math.sqrt(len(recent))
-        entry["trial"] = {"step": view.step, "before": before, "se": spread, "after": None}
-        entry["trial"]["multiplier"] = current * self.factor
+        entry["trial"] = {
+            "step": view.step,
+            "before": before,
+            "se": spread,
+            "multiplier": current * self.factor,
+        }
         entry["aligns"] = []
         why = (
             f"gradient and previous update agree (mean alignment {mean_align:+.2f} over "
