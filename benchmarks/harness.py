@@ -34,6 +34,10 @@ def run_cell(
 ) -> dict[str, Any]:
     """Train and evaluate ``evals`` times; a non-finite loss does not stop the run.
 
+    A method that asks to stop early (``should_stop``, e.g. trimtab's early stopping,
+    which restores its best weights first) is evaluated once more and that value stands
+    for the rest of the curve: the model no longer changes.
+
     ``fault`` injects one of ``FAULTS`` at 40 % of the run, lasting 1 to 10 steps;
     ``device`` and ``factor`` (width and batch multiplier) size the task.
     """
@@ -47,6 +51,7 @@ def run_cell(
     fault_steps = range(fault_at, fault_at + _FAULT_LENGTH[fault]) if fault else range(0)
     started = time.perf_counter()
     error = None
+    stopped_at = None
     for step in range(steps):
         x, y = setup.batch(step)
         faulty = step in fault_steps
@@ -78,6 +83,16 @@ def run_cell(
             method.train_mode()
             curve.append((step + 1, metric))
             method.observe(val_loss)
+        if method.should_stop and step + 1 < steps:
+            stopped_at = step + 1
+            method.eval_mode()
+            metric, _ = setup.evaluate(setup.model)
+            method.train_mode()
+            done = curve[-1][0] if curve else 0
+            curve += [(s, metric) for s in range(done + every, steps + 1, every)]
+            if curve[-1][0] != steps:
+                curve.append((steps, metric))
+            break
     method.close()
     if error is not None:  # the rest of the run counts as lost
         worst = 0.0 if task.higher_is_better else math.inf
@@ -102,4 +117,5 @@ def run_cell(
         "events": method.events,
         "seconds": time.perf_counter() - started,
         "error": error,
+        "stopped_at": stopped_at,
     }

@@ -66,6 +66,11 @@ class Method:
 
     def close(self) -> None: ...
 
+    @property
+    def should_stop(self) -> bool:
+        """Whether the method asks to end the run early (early stopping)."""
+        return False
+
 
 class AdamWCosine(Method):
     def make_scheduler(self, steps):
@@ -198,6 +203,10 @@ class Trimtab(Method):
 
     def observe(self, val_loss):
         self.regime.observe(val_loss=val_loss)
+
+    @property
+    def should_stop(self) -> bool:
+        return self.regime.should_stop
 
     def close(self):
         self.events = [e.to_record() for e in self.regime.events]

@@ -70,3 +70,42 @@ def test_no_snapshot_and_bad_settings_are_clear_errors():
         Guard(model, [opt]).restore(before=5)
     with pytest.raises(ConfigError, match="snapshot_every"):
         Guard(model, [opt], every=0)
+
+
+def test_keep_best_survives_newer_snapshots_and_restores_exactly():
+    model = tiny_mlp()
+    opt = torch.optim.AdamW(model.parameters(), lr=0.01)
+    guard = Guard(model, [opt], every=1, keep=2)
+    train_step(model, opt, 0)
+    guard.keep_best(1)
+    best = {k: v.clone() for k, v in model.state_dict().items()}
+    moments = [s["exp_avg"].clone() for s in opt.state.values()]
+    for seed in range(1, 5):  # rolling snapshots come and go; the best stays
+        train_step(model, opt, seed)
+        guard.take(seed + 1)
+    assert guard.best_step == 1 and 1 not in guard.steps
+    assert guard.restore_best() == 1
+    assert all(torch.equal(v, best[k]) for k, v in model.state_dict().items())
+    assert all(
+        torch.equal(s["exp_avg"], m) for s, m in zip(opt.state.values(), moments, strict=True)
+    )
+    # the abandoned trajectory's snapshots are gone: a rollback returns to the best too
+    assert guard.steps == (1,)
+
+
+def test_best_state_round_trips_and_old_states_without_it_still_load():
+    model = tiny_mlp()
+    opt = torch.optim.AdamW(model.parameters(), lr=0.01)
+    guard = Guard(model, [opt])
+    guard.take(0)
+    with pytest.raises(StateError, match="keep_best was never called"):
+        guard.restore_best()
+    train_step(model, opt, 0)
+    guard.keep_best(1)
+    state = guard.state_dict()
+    other = Guard(tiny_mlp(seed=1), [torch.optim.AdamW(tiny_mlp(seed=1).parameters())])
+    other.load_state_dict(state)
+    assert other.best_step == 1
+    legacy = {k: v for k, v in state.items() if k != "best"}
+    other.load_state_dict(legacy)
+    assert other.best_step is None

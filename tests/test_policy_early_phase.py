@@ -27,10 +27,18 @@ class Script:
         self.multipliers = {}
         self.total_steps = total_steps
         self.step = 0
+        self.rewound_at = None
 
     def feed(self, **values):
         self.signals.record(self.step, values)
-        view = PolicyView(self.step, self.total_steps, self.signals, GROUPS, dict(self.multipliers))
+        view = PolicyView(
+            self.step,
+            self.total_steps,
+            self.signals,
+            GROUPS,
+            dict(self.multipliers),
+            rewound_at=self.rewound_at,
+        )
         proposals, self.state = self.policy.propose(view, self.state)
         for p in proposals:
             if p.knob is Knob.LR:
@@ -71,6 +79,18 @@ def test_a_raise_that_makes_the_loss_rise_is_reverted_and_the_ramp_ends():
     assert _lr(script) == 1.0
     for _ in range(60):  # no further raises, however strong the alignment
         assert not [p for p in script.feed(**{"loss/train": 1.0, "alignment/g0": 0.9}) if p.knob]
+
+
+def test_a_rewind_for_memorization_ends_the_ramp_and_closes_the_open_trial():
+    script = Script(EarlyPhase())
+    for i in range(15):  # a trial opens at step 10
+        script.feed(**{"loss/train": 2.0 - 0.01 * i, "alignment/g0": 0.5})
+    assert _lr(script) == 2.0
+    script.rewound_at = script.step
+    (closed,) = script.feed(**{"loss/train": 1.9, "alignment/g0": 0.5})
+    assert closed.action is Action.VERDICT and "rewound" in closed.reason
+    for i in range(60):  # no further raises, however strong the alignment
+        assert not script.feed(**{"loss/train": 1.8 - 0.01 * i, "alignment/g0": 0.9})
 
 
 def test_no_raise_when_gradients_do_not_agree_or_the_phase_is_over():

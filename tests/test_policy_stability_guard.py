@@ -22,6 +22,7 @@ class Script:
         self.multipliers = {}
         self.bases = {}
         self.step = 0
+        self.rewound_at = None
 
     def feed(self, loss, grad_norm=1.0, nonfinite=0.0):
         self.signals.record(
@@ -29,7 +30,13 @@ class Script:
             {"loss/train": loss, "grad_norm/global": grad_norm, "nonfinite/any": nonfinite},
         )
         view = PolicyView(
-            self.step, None, self.signals, GROUPS, dict(self.multipliers), dict(self.bases)
+            self.step,
+            None,
+            self.signals,
+            GROUPS,
+            dict(self.multipliers),
+            dict(self.bases),
+            rewound_at=self.rewound_at,
         )
         proposals, self.state = self.policy.propose(view, self.state)
         for p in proposals:  # apply knob proposals as an unconstrained arbiter would
@@ -205,3 +212,29 @@ def test_the_recovery_ceiling_is_an_effective_lr_so_a_lower_base_lets_it_return(
         script.feed(1.0 + 0.01 * math.sin(i))
     # back to the multiplier held before the first cut, not kept 30x down
     assert script.multipliers[(Knob.LR, "g0")] == pytest.approx(1.0)
+
+
+def test_a_lasting_jump_in_gradient_norm_is_skipped_briefly_then_accepted():
+    """A new gradient scale (the data changed) must not freeze training in skips."""
+    script = Script(StabilityGuard(sustained_steps=4))
+    for i in range(40):
+        script.feed(1.0, grad_norm=1.0 + 0.1 * math.sin(i))
+    skips = [
+        sum(p.action is Action.SKIP for p in script.feed(1.0, grad_norm=300.0 + math.sin(i)))
+        for i in range(40)
+    ]
+    assert skips[:3] == [1, 1, 1] and sum(skips) == 3
+
+
+@pytest.mark.parametrize("rewind", [True, None])
+def test_a_rewind_by_another_policy_resets_the_loss_range(rewind):
+    script = Script()
+    for i in range(100):  # a fast descent, then a quiet stretch at 0.1
+        script.feed(2.0 * math.exp(-i / 5) + 0.1 + 0.002 * math.sin(i))
+    # the weights go back to an earlier best: the loss is far above the recent range
+    script.rewound_at = script.rewound_at if rewind is None else script.step
+    proposals = []
+    for i in range(20):
+        proposals += script.feed(0.6 + 0.01 * math.sin(i))
+    flagged = any(p.action in (Action.SKIP, Action.ROLLBACK) for p in proposals)
+    assert flagged is (rewind is None)  # without the notice the jump reads as divergence

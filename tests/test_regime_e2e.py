@@ -8,6 +8,7 @@ import torch
 from tests.conftest import batch, tiny_mlp, tiny_regression
 
 from trimtab import EventKind, Outcome, Regime, read_log
+from trimtab.policies import DEFAULT_POLICIES
 
 
 def mse(model, x, y):
@@ -122,7 +123,8 @@ def test_optimizers_with_named_groups_train_and_keep_their_own_bases(make):
     assert regime.step_count == 150
     assert mse(model, x, y).item() < 0.5 * start
     knobs = regime.hyperparameters()
-    assert set(knobs) == {"lr/body", "lr/g1"}
+    # the regularization policy may move weight decay, so it is tracked next to the LR
+    assert set(knobs) == {"lr/body", "lr/g1", "weight_decay/body", "weight_decay/g1"}
     assert opt.param_groups[1]["lr"] == 2e-3  # the user's base, untouched between steps
 
 
@@ -150,7 +152,7 @@ def test_the_log_describes_the_run_and_holds_every_event(tmp_path):
     assert header["type"] == "run" and header["schema"] == 1
     assert header["model"]["parameters"] == sum(p.numel() for p in model.parameters())
     assert header["groups"][0]["hyperparameters"]["lr"] == 1e-2
-    assert {p["name"] for p in header["policies"]} == {"stability_guard", "early_phase", "plateau"}
+    assert [p["name"] for p in header["policies"]] == list(DEFAULT_POLICIES)
     assert header["policies"][0]["settings"]["spike_z"] == 6.0
     assert header["torch"] == torch.__version__ and header["trimtab"]
     logged = [r for r in records if r["type"] == "event"]

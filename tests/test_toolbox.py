@@ -99,7 +99,7 @@ def test_muon_pairs_with_adamw_and_the_regime_drives_both():
     muon.register_step_pre_hook(lambda o, a, k: seen.append(o.param_groups[0]["lr"]))
     train(regime, model, 5)
     assert seen == pytest.approx([0.01] * 5)
-    assert set(regime.hyperparameters()) == {"lr/muon", "lr/adamw"}
+    assert {"lr/muon", "lr/adamw"} <= set(regime.hyperparameters())
 
 
 def test_schedule_free_must_be_in_train_mode():

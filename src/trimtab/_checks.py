@@ -39,3 +39,17 @@ def count(name: str, value: object, *, minimum: int = 1) -> int:
     if value < minimum:
         raise ConfigError(f"{name} must be >= {minimum}, got {value}")
     return value
+
+
+def metric(name: str, value: object) -> str:
+    """Return the name of an ``observe()`` metric: a non-empty string."""
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{name} must be a non-empty string, got {value!r}")
+    return value
+
+
+def mode(name: str, value: object) -> str:
+    """Return ``"min"`` (losses) or ``"max"`` (accuracies)."""
+    if value not in ("min", "max"):
+        raise ConfigError(f"{name} must be 'min' or 'max', got {value!r}")
+    return value  # type: ignore[return-value]

@@ -101,6 +101,7 @@ class Controller:
         self.multipliers: dict[tuple[Knob, str], float] = {}
         self.policy_states = {p.name: p.initial_state() for p in self.policies}
         self._last_incident = -(10**9)
+        self._rewound_at: int | None = None
         self._pending: dict[str, torch.Tensor] = {}
         self._ctx: StepContext | None = None
         header = describe_run(
@@ -175,6 +176,7 @@ class Controller:
             groups=self.group_names,
             multipliers=dict(self.multipliers),
             bases=self.planned_bases(),
+            rewound_at=self._rewound_at,
         )
         proposals = []
         for policy in self.policies:
@@ -252,7 +254,7 @@ class Controller:
     def _enact(self, decisions: Sequence[Decision]) -> Outcome:
         outcome = Outcome.STEPPED
         bases = self.planned_bases()
-        rollback_events = []
+        rollback_events, restore_events = [], []
         for decision in decisions:
             proposal = decision.proposal
             if proposal.action is Action.ADJUST:
@@ -284,6 +286,11 @@ class Controller:
                 self._record(_action_event(self.step, EventKind.STOP, proposal))
             elif proposal.action is Action.VERDICT:
                 self._record(_action_event(self.step, EventKind.VERDICT, proposal))
+            elif proposal.action is Action.KEEP_BEST:
+                self.guard.keep_best(self.step)
+            elif proposal.action is Action.RESTORE_BEST:
+                outcome = Outcome.ROLLED_BACK
+                restore_events.append(proposal)
         self._couple_shared_lr(bases)
         if outcome is not Outcome.STEPPED:
             self._last_incident = self.step
@@ -300,6 +307,14 @@ class Controller:
                         }
                     )
                 )
+        if restore_events:  # after any rollback: the best weights are what must remain
+            with self.actuator.keeping_hyperparameters():
+                kept = self.guard.restore_best()
+            self._rewound_at = self.step
+            for proposal in restore_events:
+                event = _action_event(self.step, EventKind.RESTORE, proposal)
+                reason = f"{proposal.reason} (restored the weights of step {kept})"
+                self._record(Event(**{**event.__dict__, "reason": reason}))
         return outcome
 
     def _couple_shared_lr(self, bases: Mapping[tuple[Knob, str], float]) -> None:
@@ -445,6 +460,7 @@ class Controller:
             "attempts": self.attempts,
             "stop_requested": self.stop_requested,
             "last_incident": self._last_incident,
+            "rewound_at": self._rewound_at,
             "multipliers": [[k.value, g, v] for (k, g), v in sorted(self.multipliers.items())],
             "policy_states": {k: dict(v) for k, v in self.policy_states.items()},
             "signals": self.signals.state_dict(),
@@ -482,6 +498,7 @@ class Controller:
         self.attempts = int(state["attempts"])
         self.stop_requested = bool(state["stop_requested"])
         self._last_incident = int(state["last_incident"])
+        self._rewound_at = state.get("rewound_at")
         self.multipliers = {(Knob(k), g): float(v) for k, g, v in state["multipliers"]}
         self.policy_states = {k: dict(state["policy_states"][k]) for k in self.policy_states}
         self.signals.load_state_dict(state["signals"])

@@ -62,6 +62,7 @@ class Guard:
         self.every = _checks.count("snapshot_every", every)
         self.keep = _checks.count("snapshot_keep", keep)
         self._snapshots: list[Snapshot] = []
+        self._best: Snapshot | None = None
 
     @property
     def steps(self) -> tuple[int, ...]:
@@ -71,12 +72,7 @@ class Guard:
         return not self._snapshots or step - self._snapshots[-1].step >= self.every
 
     def take(self, step: int) -> None:
-        snap = Snapshot(
-            step=step,
-            model=_to_cpu(self.model.state_dict()),
-            optimizers=tuple(_to_cpu(opt.state_dict()) for opt in self.optimizers),
-        )
-        self._snapshots = [*self._snapshots, snap][-self.keep :]
+        self._snapshots = [*self._snapshots, self._capture(step)][-self.keep :]
 
     def restore(self, *, before: int) -> int:
         """Restore the newest snapshot taken before step ``before``; return its step.
@@ -89,26 +85,66 @@ class Guard:
         eligible = [i for i, s in enumerate(self._snapshots) if s.step < before]
         index = eligible[-1] if eligible else 0
         snap = self._snapshots[index]
+        self._load(snap)
+        self._snapshots = self._snapshots[: index + 1]
+        return snap.step
+
+    @property
+    def best_step(self) -> int | None:
+        """Step of the weights kept by ``keep_best`` (``None``: none kept yet)."""
+        return None if self._best is None else self._best.step
+
+    def keep_best(self, step: int) -> None:
+        """Keep the current state apart from the rolling snapshots: the best seen so far.
+
+        Early stopping restores it; unlike rollback snapshots, it is never dropped by
+        newer ones, only replaced by the next ``keep_best``.
+        """
+        self._best = self._capture(step)
+
+    def restore_best(self) -> int:
+        """Load the state kept by ``keep_best``; return the step it was taken at.
+
+        The rolling snapshots are replaced by the restored state: those taken since
+        belong to the abandoned trajectory, and a later rollback must not return to it.
+        """
+        if self._best is None:
+            raise StateError("no best state to restore (keep_best was never called)")
+        self._load(self._best)
+        self._snapshots = [self._best]
+        return self._best.step
+
+    def _capture(self, step: int) -> Snapshot:
+        return Snapshot(
+            step=step,
+            model=_to_cpu(self.model.state_dict()),
+            optimizers=tuple(_to_cpu(opt.state_dict()) for opt in self.optimizers),
+        )
+
+    def _load(self, snap: Snapshot) -> None:
         self.model.load_state_dict(snap.model)
         for optimizer, saved in zip(self.optimizers, snap.optimizers, strict=True):
             optimizer.load_state_dict(_to_cpu(saved))  # a copy: the step mutates state in place
-        self._snapshots = self._snapshots[: index + 1]
-        return snap.step
 
     def state_dict(self) -> dict[str, Any]:
         return {
             "version": STATE_VERSION,
             "every": self.every,
-            "snapshots": [
-                {"step": s.step, "model": s.model, "optimizers": list(s.optimizers)}
-                for s in self._snapshots
-            ],
+            "snapshots": [_snapshot_record(s) for s in self._snapshots],
+            "best": None if self._best is None else _snapshot_record(self._best),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if state.get("version") != STATE_VERSION:
             raise StateError(f"guard state version {state.get('version')!r} is unsupported")
-        self._snapshots = [
-            Snapshot(int(s["step"]), dict(s["model"]), tuple(s["optimizers"]))
-            for s in state["snapshots"]
-        ]
+        self._snapshots = [_snapshot_from(s) for s in state["snapshots"]]
+        best = state.get("best")  # absent in states saved before early stopping existed
+        self._best = None if best is None else _snapshot_from(best)
+
+
+def _snapshot_record(snap: Snapshot) -> dict[str, Any]:
+    return {"step": snap.step, "model": snap.model, "optimizers": list(snap.optimizers)}
+
+
+def _snapshot_from(record: Mapping[str, Any]) -> Snapshot:
+    return Snapshot(int(record["step"]), dict(record["model"]), tuple(record["optimizers"]))

@@ -49,6 +49,8 @@ class Action(str, enum.Enum):
     ROLLBACK = "rollback"
     STOP = "stop"
     VERDICT = "verdict"  # a provisional change's outcome, logged without moving a knob
+    KEEP_BEST = "keep_best"  # keep the current weights as the best so far (not logged)
+    RESTORE_BEST = "restore_best"  # load the weights kept by KEEP_BEST; the step is dropped
 
 
 class EventKind(str, enum.Enum):
@@ -60,6 +62,7 @@ class EventKind(str, enum.Enum):
     STOP = "stop"
     BASE = "base"
     VERDICT = "verdict"
+    RESTORE = "restore"
 
 
 @dataclass(frozen=True)

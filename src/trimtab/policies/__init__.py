@@ -7,6 +7,7 @@ from types import MappingProxyType
 from trimtab.policies.base import Policy, PolicyState, PolicyView
 from trimtab.policies.early_phase import EarlyPhase
 from trimtab.policies.plateau import Plateau
+from trimtab.policies.regularization import Regularization
 from trimtab.policies.stability_guard import StabilityGuard
 
 POLICIES = MappingProxyType(
@@ -14,9 +15,10 @@ POLICIES = MappingProxyType(
         StabilityGuard.name: StabilityGuard,
         Plateau.name: Plateau,
         EarlyPhase.name: EarlyPhase,
+        Regularization.name: Regularization,
     }
 )
-DEFAULT_POLICIES = ("stability_guard", "early_phase", "plateau")
+DEFAULT_POLICIES = ("stability_guard", "early_phase", "regularization", "plateau")
 
 __all__ = [
     "DEFAULT_POLICIES",
@@ -26,5 +28,6 @@ __all__ = [
     "Policy",
     "PolicyState",
     "PolicyView",
+    "Regularization",
     "StabilityGuard",
 ]

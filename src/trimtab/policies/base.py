@@ -27,6 +27,9 @@ class PolicyView:
     groups: tuple[str, ...]
     multipliers: Mapping[tuple[Knob, str], float]
     bases: Mapping[tuple[Knob, str], float] = field(default_factory=dict)
+    # step at which the weights were last rewound to a kept best (``RESTORE_BEST``):
+    # histories a policy keeps of the abandoned trajectory no longer describe the weights
+    rewound_at: int | None = None
 
     def multiplier(self, knob: Knob, group: str) -> float:
         return self.multipliers.get((knob, group), 1.0)

@@ -94,7 +94,7 @@ class EarlyPhase(Policy):
         return {k: getattr(self, k) for k in keys}
 
     def initial_state(self) -> PolicyState:
-        return {"losses": [], "groups": {}}
+        return {"losses": [], "groups": {}, "rewound_at": None}
 
     def _horizon(self, view: PolicyView) -> int:
         if view.total_steps is None:
@@ -113,8 +113,17 @@ class EarlyPhase(Policy):
             reading = signals.fresh(f"alignment/{group}", view.step)
             if reading is not None and math.isfinite(reading):
                 entry["aligns"] = [*entry["aligns"], reading][-self.min_readings - 2 :]
-        state = {"losses": losses, "groups": groups}
+        state = {"losses": losses, "groups": groups, "rewound_at": state.get("rewound_at")}
         proposals: list[Proposal] = []
+        if view.rewound_at is not None and view.rewound_at != state["rewound_at"]:
+            # Memorization made another policy rewind the weights: speed is not what this
+            # run lacks, so the ramp ends (a pending trial gets its verdict now).
+            state.update(rewound_at=view.rewound_at, losses=[])
+            for group in view.groups:
+                entry = groups[group]
+                if entry["trial"] is not None:
+                    proposals.append(self._ended_by_rewind(group, entry["trial"]))
+                entry.update(trial=None, done=True)
         if view.step <= self._horizon(view):
             for group in view.groups:
                 cut = self._too_fast(view, group, groups[group])
@@ -125,6 +134,19 @@ class EarlyPhase(Policy):
         for group in view.groups:
             proposals += self._decide(view, group, groups[group], losses)
         return proposals, state
+
+    def _ended_by_rewind(self, group: str, trial: dict[str, Any]) -> Proposal:
+        return Proposal(
+            policy=self.name,
+            reason=(
+                f"trial of step {trial['step']} ended: the weights were rewound to an "
+                "earlier best (the model memorizes); no further raises"
+            ),
+            priority=Priority.SPEED,
+            action=Action.VERDICT,
+            group=group,
+            signals={"multiplier": trial["multiplier"]},
+        )
 
     def _too_fast(self, view: PolicyView, group: str, entry: dict[str, Any]) -> Proposal | None:
         ratio = view.signals.fresh(f"update_ratio/{group}", view.step)

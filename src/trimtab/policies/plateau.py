@@ -52,12 +52,8 @@ class Plateau(Policy):
         raise_above: float = 0.1,
         raise_factor: float = 2.0,
     ) -> None:
-        if not isinstance(metric, str) or not metric:
-            raise ConfigError(f"metric must be a non-empty string, got {metric!r}")
-        if mode not in ("min", "max"):
-            raise ConfigError(f"mode must be 'min' or 'max', got {mode!r}")
-        self.metric = metric
-        self.mode = mode
+        self.metric = _checks.metric("metric", metric)
+        self.mode = _checks.mode("mode", mode)
         self.window = _checks.count("window", window, minimum=3)
         self.factor = _checks.in_open_unit("factor", factor)
         self.cooldown = _checks.count("cooldown", cooldown, minimum=0)

@@ -132,11 +132,24 @@ class StabilityGuard(Policy):
             "suspect": False,  # the previous batch was a spike (and was skipped)
             "verifying": False,  # checking the first losses after a rollback
             "shifted": [],  # high losses seen at the restored weights
+            "grad_outliers": [],  # log gradient norms of the outlier skips in a row
+            "rewound_at": None,  # the last rewind by another policy that was followed
         }
 
     def propose(self, view: PolicyView, state: PolicyState) -> tuple[list[Proposal], PolicyState]:
         state = {**state, "ceilings": {g: dict(c) for g, c in state["ceilings"].items()}}
         self._follow_others(view, state)
+        if view.rewound_at is not None and view.rewound_at != state.get("rewound_at"):
+            # Another policy rewound the weights to an earlier best: the loss level of the
+            # abandoned trajectory is no range to judge the restored weights by.
+            state.update(
+                rewound_at=view.rewound_at,
+                losses=[],
+                log_grad_norms=[],
+                grad_outliers=[],
+                suspect=False,
+                above_in_row=0,
+            )
         signals = view.signals
         loss = signals.fresh("loss/train", view.step)
         grad_norm = signals.fresh("grad_norm/global", view.step)
@@ -273,6 +286,11 @@ class StabilityGuard(Policy):
         ]
 
     def _grad_outlier(self, state: PolicyState, grad_norm: float) -> Proposal | None:
+        """Skip a step whose gradient norm is far outside its recent range.
+
+        ``sustained_steps`` outliers in a row at healthy losses are a new level (the data
+        changed), not a burst: the new norms become the range and the step goes ahead.
+        """
         history = state["log_grad_norms"]
         if len(history) < 8:
             return None
@@ -280,7 +298,13 @@ class StabilityGuard(Policy):
         scale = max(sigma, math.log(1.5))
         z = (math.log(grad_norm) - centre) / scale
         if z <= self.grad_z:
+            state["grad_outliers"] = []
             return None
+        outliers = [*state.get("grad_outliers", []), math.log(grad_norm)]
+        if len(outliers) >= self.sustained_steps:
+            state.update(log_grad_norms=outliers[:-1], grad_outliers=[])  # + this one, below
+            return None
+        state["grad_outliers"] = outliers
         typical = math.exp(centre)
         why = (
             f"gradient norm {grad_norm:.4g} is {grad_norm / typical:.1f}x its recent median "

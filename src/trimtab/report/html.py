@@ -21,7 +21,13 @@ from trimtab.report.runlog import RunLog, Series, load_run
 
 _COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf")
 _DASHES = ("solid", "dot", "dash", "dashdot", "longdash")
-_EVENT_SYMBOLS = {"change": "diamond", "skip": "x", "rollback": "triangle-down", "stop": "square"}
+_EVENT_SYMBOLS = {
+    "change": "diamond",
+    "skip": "x",
+    "rollback": "triangle-down",
+    "stop": "square",
+    "restore": "star",
+}
 _PANELS = (
     ("loss", "loss (train and validation)", True),
     ("metrics", "validation metrics", False),

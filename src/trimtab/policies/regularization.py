@@ -1,0 +1,237 @@
+"""Regularization: training improves while validation degrades, so the model memorizes.
+
+Every new best of the validation metric keeps a copy of the weights (on the CPU, once per
+improving observation). When the metric has been worse than that best by more than
+``min_rel_worsening`` of it and more than twice its own observation noise, for
+``patience`` observations in a row *while the training loss kept falling*, the run is
+past its best point on the validation set. The response climbs a ladder:
+
+1. rewind: restore the best weights, raise weight decay by ``decay_factor`` (while the
+   raises stay within ``max_decay_raises``) and cut the learning rate by ``rewind_factor``
+   — the validation minimum lies between the best observation and the next one, and
+   smaller steps approach it more closely; at most ``max_rewinds`` times;
+2. stop: restore the best weights and ask the run to stop (``Regime.should_stop``), but
+   never before ``min_stop_fraction`` of the planned steps: a validation set drawn from
+   another distribution than the training data (a shift still to come) looks the same
+   as memorization for a while, and stopping early is the one step that cannot be undone.
+
+A validation metric that worsens while the training loss rises too is not memorization
+(the step size is wrong): that is left to the stability guard and the plateau policy.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from trimtab import _checks, stats
+from trimtab.errors import ConfigError
+from trimtab.policies.base import Policy, PolicyState, PolicyView
+from trimtab.types import Action, Knob, Priority, Proposal
+
+_TRAIN_WINDOW = 10  # training losses whose median stands for "the training loss now"
+_NOISE_WINDOW = 8  # observations whose scatter sets the validation metric's noise
+_MIN_OBSERVATIONS = 5  # observations before the noise is known and a rise can count
+
+
+def _noise(values: list[float]) -> float:
+    """Observation-to-observation scatter of the metric, blind to trends and one turn.
+
+    Second differences cancel a linear trend, and their robust (MAD) spread ignores the
+    single large one where a falling curve turns upward; for independent noise of size
+    s they scatter by s * sqrt(6). Zero with too few values.
+    """
+    recent = values[-_NOISE_WINDOW:]
+    if len(recent) < _MIN_OBSERVATIONS:
+        return 0.0
+    second = [a - 2 * b + c for a, b, c in zip(recent, recent[1:], recent[2:], strict=False)]
+    centre = stats.median(second)
+    return stats.median([abs(d - centre) for d in second]) * 1.4826 / math.sqrt(6.0)
+
+
+class Regularization(Policy):
+    """Raise weight decay, rewind to the best weights, then stop early and restore them.
+
+    Args:
+        metric: the ``observe()`` keyword to watch (a validation loss or accuracy).
+        mode: ``"min"`` for losses, ``"max"`` for accuracies.
+        patience: consecutive worse observations (with training still improving) that
+            count as memorization.
+        min_rel_worsening: how much worse than the best, relative to it, counts as worse.
+        decay_factor: weight-decay factor per rewind (> 1); groups without decay keep 0.
+        max_decay_raises: how many times weight decay may be raised in one run.
+        rewind_factor: LR factor applied with each rewind, in (0, 1].
+        max_rewinds: rewinds before the next detection stops the run.
+        min_stop_fraction: share of ``total_steps`` before which the run is never stopped.
+    """
+
+    name = "regularization"
+    knobs = (Knob.WEIGHT_DECAY,)
+    requires = ("loss",)
+
+    def __init__(
+        self,
+        *,
+        metric: str = "val_loss",
+        mode: Literal["min", "max"] = "min",
+        patience: int = 2,
+        min_rel_worsening: float = 0.01,
+        decay_factor: float = 2.0,
+        max_decay_raises: int = 2,
+        rewind_factor: float = 0.5,
+        max_rewinds: int = 3,
+        min_stop_fraction: float = 0.5,
+    ) -> None:
+        self.metric = _checks.metric("metric", metric)
+        self.mode = _checks.mode("mode", mode)
+        self.patience = _checks.count("patience", patience)
+        self.min_rel_worsening = _checks.real("min_rel_worsening", min_rel_worsening)
+        if self.min_rel_worsening < 0:
+            raise ConfigError(f"min_rel_worsening must be >= 0, got {min_rel_worsening}")
+        self.decay_factor = _checks.positive("decay_factor", decay_factor)
+        if self.decay_factor <= 1.0:
+            raise ConfigError(f"decay_factor must be > 1, got {decay_factor}")
+        self.max_decay_raises = _checks.count("max_decay_raises", max_decay_raises, minimum=0)
+        self.rewind_factor = _checks.positive("rewind_factor", rewind_factor)
+        if self.rewind_factor > 1.0:
+            raise ConfigError(f"rewind_factor must be in (0, 1], got {rewind_factor}")
+        self.max_rewinds = _checks.count("max_rewinds", max_rewinds, minimum=0)
+        self.min_stop_fraction = _checks.real("min_stop_fraction", min_stop_fraction)
+        if not 0.0 <= self.min_stop_fraction <= 1.0:
+            raise ConfigError(f"min_stop_fraction must be in [0, 1], got {min_stop_fraction}")
+
+    def settings(self) -> dict[str, Any]:
+        keys = [
+            "metric",
+            "mode",
+            "patience",
+            "min_rel_worsening",
+            "decay_factor",
+            "max_decay_raises",
+            "rewind_factor",
+            "max_rewinds",
+            "min_stop_fraction",
+        ]
+        return {k: getattr(self, k) for k in keys}
+
+    def initial_state(self) -> PolicyState:
+        return {
+            "seen": 0,
+            "best": None,
+            "best_step": None,
+            "train_at_best": None,
+            "worse": 0,
+            "rewinds": 0,
+            "raises": 0,
+            "stopped": False,
+        }
+
+    def propose(self, view: PolicyView, state: PolicyState) -> tuple[list[Proposal], PolicyState]:
+        total = view.signals.observation_count(self.metric)
+        if total == state["seen"] or state["stopped"]:
+            return [], state
+        state = {**state, "seen": total}
+        history = view.signals.observations(self.metric)
+        if not history or view.signals.latest_observation(self.metric) != history[-1]:
+            return [], state  # the newest value was NaN/inf: nothing to judge on
+        sign = 1.0 if self.mode == "min" else -1.0
+        value = sign * history[-1][1]
+        losses = view.signals.window("loss/train")[-_TRAIN_WINDOW:]
+        train = stats.median(losses) if losses else None
+        if state["best"] is None or value < state["best"]:
+            state.update(best=value, best_step=view.step, train_at_best=train, worse=0)
+            keep = Proposal(
+                policy=self.name,
+                reason=f"new best {self.metric} {history[-1][1]:.4g}: weights kept",
+                priority=Priority.REGULARIZATION,
+                action=Action.KEEP_BEST,
+                signals={self.metric: history[-1][1]},
+            )
+            return [keep], state
+        best = state["best"]
+        margin = max(self.min_rel_worsening * abs(best), 2.0 * _noise([v for _, v in history]))
+        # until the noise can be estimated (five observations) nothing counts as worse
+        worse = len(history) >= _MIN_OBSERVATIONS and value - best > margin
+        training_improves = (
+            train is not None and state["train_at_best"] is not None
+        ) and train < state["train_at_best"]
+        state["worse"] = state["worse"] + 1 if worse and training_improves else 0
+        if state["worse"] < self.patience:
+            return [], state
+        state["worse"] = 0
+        evidence = {
+            self.metric: history[-1][1],
+            "best": sign * best,
+            "best_step": float(state["best_step"]),
+            "loss/train": float(train),  # type: ignore[arg-type]
+            "train_at_best": float(state["train_at_best"]),
+        }
+        symptom = (
+            f"{self.metric} {history[-1][1]:.4g} has been worse than its best "
+            f"{sign * best:.4g} (step {state['best_step']}) for {self.patience} observations "
+            f"while the training loss fell from {state['train_at_best']:.4g} to {train:.4g}: "
+            f"the model is memorizing"
+        )
+        if state["rewinds"] < self.max_rewinds:
+            state["rewinds"] += 1
+            return self._rewind(symptom, evidence, state), state
+        planned = view.total_steps
+        if planned is not None and view.step < self.min_stop_fraction * planned:
+            return [], state  # too early to rule out a shift still to come
+        state["stopped"] = True
+        stop = [
+            Proposal(
+                policy=self.name,
+                reason=f"{symptom}; {self.max_rewinds} rewinds did not help: stop early",
+                priority=Priority.REGULARIZATION,
+                action=Action.STOP,
+                signals=evidence,
+            ),
+            Proposal(
+                policy=self.name,
+                reason=f"{symptom}; back to the best weights before stopping",
+                priority=Priority.REGULARIZATION,
+                action=Action.RESTORE_BEST,
+                signals=evidence,
+            ),
+        ]
+        return stop, state
+
+    def _rewind(
+        self, symptom: str, evidence: dict[str, float], state: PolicyState
+    ) -> list[Proposal]:
+        made = [
+            Proposal(
+                policy=self.name,
+                reason=f"{symptom}; rewind {state['rewinds']} of {self.max_rewinds}",
+                priority=Priority.REGULARIZATION,
+                action=Action.RESTORE_BEST,
+                signals=evidence,
+            )
+        ]
+        if self.rewind_factor < 1.0:
+            made.append(
+                Proposal(
+                    policy=self.name,
+                    reason=f"{symptom}; smaller steps to approach the best point: "
+                    f"lr x{self.rewind_factor:g}",
+                    priority=Priority.REGULARIZATION,
+                    knob=Knob.LR,
+                    factor=self.rewind_factor,
+                    signals=evidence,
+                )
+            )
+        if state["raises"] < self.max_decay_raises:
+            state["raises"] += 1
+            made.append(
+                Proposal(
+                    policy=self.name,
+                    reason=f"{symptom}; weight decay x{self.decay_factor:g} "
+                    f"(raise {state['raises']} of {self.max_decay_raises})",
+                    priority=Priority.REGULARIZATION,
+                    knob=Knob.WEIGHT_DECAY,
+                    factor=self.decay_factor,
+                    signals=evidence,
+                )
+            )
+        return made

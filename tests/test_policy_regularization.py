@@ -1,0 +1,167 @@
+"""The regularization policy on scripted signals, and early stopping end to end."""
+
+import pytest
+import torch
+
+import trimtab
+from trimtab.errors import ConfigError
+from trimtab.policies import PolicyView, Regularization
+from trimtab.signals import Signals
+from trimtab.types import Action, EventKind, Knob, Priority
+
+
+class Script:
+    """One validation observation per call, with the training loss of that moment."""
+
+    def __init__(self, policy, total_steps=None):
+        self.policy, self.total = policy, total_steps
+        self.state = policy.initial_state()
+        self.signals = Signals()
+        self.step = 0
+
+    def observe(self, val, train):
+        for _ in range(10):  # ten training steps at this loss between observations
+            self.step += 1
+            self.signals.record(self.step, {"loss/train": train})
+        self.signals.observe(self.step, {"val_loss": val})
+        view = PolicyView(self.step, self.total, self.signals, ("g0",), {})
+        proposals, self.state = self.policy.propose(view, self.state)
+        assert self.policy.propose(view, self.state)[0] == []  # nothing new: nothing to do
+        return proposals
+
+
+def actions(proposals):
+    return sorted(p.action.value + (f":{p.knob.value}" if p.knob else "") for p in proposals)
+
+
+def test_each_new_best_keeps_the_weights():
+    script = Script(Regularization())
+    for val in (1.0, 0.8, 0.7):
+        (keep,) = script.observe(val, train=val)
+        assert keep.action is Action.KEEP_BEST and keep.signals["val_loss"] == val
+    assert script.observe(0.75, train=0.6) == []  # worse once: patience
+
+
+def test_memorization_rewinds_cuts_lr_and_raises_decay_with_the_evidence():
+    script = Script(Regularization(patience=2))
+    for val in (1.0, 0.8, 0.6, 0.5):
+        script.observe(val, train=val - 0.1)
+    assert script.observe(0.65, train=0.3) == []
+    made = script.observe(0.8, train=0.2)
+    assert actions(made) == ["adjust:lr", "adjust:weight_decay", "restore_best"]
+    lr = next(p for p in made if p.knob is Knob.LR)
+    decay = next(p for p in made if p.knob is Knob.WEIGHT_DECAY)
+    assert lr.factor == 0.5 and decay.factor == 2.0
+    assert all(p.priority is Priority.REGULARIZATION for p in made)
+    assert "memorizing" in lr.reason and "0.5" in lr.reason
+    assert lr.signals["best"] == 0.5 and lr.signals["loss/train"] == 0.2
+
+
+def test_a_validation_rise_with_a_rising_training_loss_is_not_memorization():
+    script = Script(Regularization(patience=2))
+    script.observe(0.6, train=0.5)
+    for val, train in ((0.7, 0.6), (0.8, 0.7), (0.9, 0.8)):
+        assert script.observe(val, train=train) == []
+
+
+def test_a_rise_within_the_margin_or_the_noise_is_ignored():
+    script = Script(Regularization(patience=2, min_rel_worsening=0.05))
+    script.observe(1.0, train=1.0)
+    for i in range(6):
+        assert script.observe(1.0 + 0.01 * (i % 3), train=0.9 - 0.01 * i) == []
+    # a flat but noisy metric: its best is the luckiest draw, not a point to return to
+    noisy = Script(Regularization(patience=2, min_rel_worsening=0.0))
+    draws = [0.50, 0.44, 0.52, 0.47, 0.55, 0.46, 0.53, 0.49, 0.51, 0.48, 0.54, 0.5]
+    made = [noisy.observe(v, train=0.4 - 0.01 * i) for i, v in enumerate(draws)]
+    assert not any(p.action is Action.RESTORE_BEST for ps in made for p in ps)
+
+
+def test_nothing_counts_as_worse_before_five_observations():
+    script = Script(Regularization(patience=1, min_rel_worsening=0.0))
+    script.observe(0.5, train=0.5)
+    for train in (0.4, 0.3, 0.2):
+        assert script.observe(0.9, train=train) == []
+    assert any(p.action is Action.RESTORE_BEST for p in script.observe(0.9, train=0.1))
+
+
+def test_after_the_rewinds_it_stops_and_restores_but_not_before_the_stop_fraction():
+    policy = Regularization(patience=1, max_rewinds=1, max_decay_raises=0, min_stop_fraction=0.5)
+    script = Script(policy, total_steps=140)
+    for val in (0.8, 0.7, 0.6, 0.5):  # steps 10 to 40
+        script.observe(val, train=val)
+    assert actions(script.observe(0.6, train=0.4)) == ["adjust:lr", "restore_best"]
+    assert script.observe(0.6, train=0.3) == []  # step 60: the earliest stop is step 70 of 140
+    made = script.observe(0.6, train=0.2)
+    assert actions(made) == ["restore_best", "stop"]
+    assert "stop early" in next(p for p in made if p.action is Action.STOP).reason
+    assert script.observe(0.7, train=0.05) == []  # stopped: silent from now on
+
+
+def test_max_mode_watches_an_accuracy():
+    script = Script(Regularization(metric="val_loss", mode="max", patience=1, max_rewinds=0))
+    for acc in (0.6, 0.7, 0.8, 0.9):
+        script.observe(acc, train=1.0 - acc)
+    assert actions(script.observe(0.8, train=0.05)) == ["restore_best", "stop"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"mode": "median"}, "mode"),
+        ({"decay_factor": 1.0}, "decay_factor"),
+        ({"rewind_factor": 1.5}, "rewind_factor"),
+        ({"min_stop_fraction": 2.0}, "min_stop_fraction"),
+        ({"patience": 0}, "patience"),
+    ],
+)
+def test_bad_settings_fail_at_construction(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        Regularization(**kwargs)
+
+
+def memorizing_run(policies, steps=240, seed=0):
+    """A wide MLP on 24 noisy points: training loss keeps falling, validation turns up."""
+    torch.manual_seed(seed)
+    x = torch.randn(224, 8)
+    y = x[:, :1] + 0.8 * torch.randn(224, 1)
+    train, val = slice(0, 24), slice(24, None)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(8, 256), torch.nn.ReLU(), torch.nn.Linear(256, 256),
+        torch.nn.ReLU(), torch.nn.Linear(256, 1),
+    )  # fmt: skip
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
+    regime = trimtab.Regime(model, opt, total_steps=steps, policies=policies)
+    observed = []
+    for step in range(steps):
+        regime.backward(torch.nn.functional.mse_loss(model(x[train]), y[train]))
+        regime.step()
+        if (step + 1) % 10 == 0:
+            with torch.no_grad():
+                observed.append(torch.nn.functional.mse_loss(model(x[val]), y[val]).item())
+            regime.observe(val_loss=observed[-1])
+        if regime.should_stop:
+            break
+    with torch.no_grad():
+        final = torch.nn.functional.mse_loss(model(x[val]), y[val]).item()
+    regime.close()
+    return regime, observed, final
+
+
+def test_a_memorizing_run_stops_early_with_the_best_weights_restored():
+    regime, observed, final = memorizing_run(("stability_guard", "regularization"))
+    kinds = [e.kind for e in regime.events]
+    assert EventKind.RESTORE in kinds and kinds[-1] in (EventKind.STOP, EventKind.RESTORE)
+    assert regime.should_stop and regime.step_count < 240
+    assert final == pytest.approx(min(observed), rel=1e-6)  # the best observed weights
+    assert final < observed[-1]  # and they are better than where the run had got to
+    assert EventKind.ROLLBACK not in kinds  # the restores did not read as divergence
+    decay = [e for e in regime.events if e.knob == "weight_decay"]
+    assert decay and decay[0].new == pytest.approx(2 * decay[0].old)
+    restore = next(e for e in regime.events if e.kind is EventKind.RESTORE)
+    assert "memorizing" in restore.reason and "restored the weights of step" in restore.reason
+
+
+def test_without_the_policy_the_same_run_ends_worse():
+    _, _, with_policy = memorizing_run(("stability_guard", "regularization"))
+    _, observed, without = memorizing_run(("stability_guard",))
+    assert without > with_policy and without == pytest.approx(observed[-1], rel=1e-6)
