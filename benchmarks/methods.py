@@ -191,10 +191,14 @@ class Trimtab(Method):
     """AdamW given the grid's LR, driven by trimtab's default policies."""
 
     fixed_lr: float | None = None
+    without: str | None = None  # a default policy switched off (the ablation)
 
     def __init__(self, setup, lr, steps):
         super().__init__(setup, self.fixed_lr or lr, steps)
-        self.regime = trimtab.Regime(setup.model, self.optimizer, total_steps=steps)
+        policies = tuple(p for p in trimtab.policies.DEFAULT_POLICIES if p != self.without)
+        self.regime = trimtab.Regime(
+            setup.model, self.optimizer, total_steps=steps, policies=policies
+        )
 
     def step(self, loss):
         self.regime.backward(loss)
@@ -217,6 +221,13 @@ class TrimtabAuto(Trimtab):
     """trimtab given no learning rate: AdamW's library default (1e-3) as the start."""
 
     fixed_lr = 1e-3
+
+
+def _ablated(policy: str) -> type[Trimtab]:
+    return type(f"TrimtabWithout_{policy}", (Trimtab,), {"without": policy})
+
+
+ABLATIONS = {f"trimtab-no-{p}": p for p in trimtab.policies.DEFAULT_POLICIES}
 
 
 @dataclass(frozen=True)
@@ -246,9 +257,10 @@ METHODS: dict[str, MethodSpec] = {
         MethodSpec("dog", DoG, False, "dog"),
         MethodSpec("trimtab", Trimtab, True),
         MethodSpec("trimtab_auto", TrimtabAuto, False),
+        *(MethodSpec(name, _ablated(p), True) for name, p in ABLATIONS.items()),
     ]
 }
-MAIN_METHODS = tuple(n for n in METHODS if n != "adamw_skip_nonfinite")
+MAIN_METHODS = tuple(n for n in METHODS if n != "adamw_skip_nonfinite" and n not in ABLATIONS)
 QUICK_METHODS = (
     "adamw",
     "adamw_cosine",

@@ -29,3 +29,51 @@ def test_a_fault_is_injected_and_trimtab_skips_it():
     assert record["skipped"] >= 1
     assert any(e["kind"] == "skip" for e in record["events"])
     assert math.isfinite(record["final"])
+
+
+def test_a_method_that_stops_early_keeps_its_final_value_for_the_rest_of_the_curve(monkeypatch):
+    from benchmarks import methods
+
+    class StopsAfterTwoEvals(methods.Method):
+        observed = 0
+
+        def observe(self, val_loss):
+            self.observed += 1
+
+        @property
+        def should_stop(self):
+            return self.observed >= 2
+
+    monkeypatch.setitem(
+        methods.METHODS, "stops", methods.MethodSpec("stops", StopsAfterTwoEvals, True)
+    )
+    record = run_cell("tabular", "stops", 1e-3, 0, 40, evals=4)
+    assert record["stopped_at"] == 20
+    assert [s for s, _ in record["curve"]] == [10, 20, 30, 40]
+    assert record["curve"][2][1] == record["curve"][3][1] == record["final"]
+
+
+def test_the_ablation_table_counts_cells_within_tolerance_against_the_suite_oracle():
+    from benchmarks.ablation import table, within
+
+    def cell(method, lr, final):
+        return {"task": "tabular", "method": method, "lr": lr, "final": final, "diverged": False}
+
+    records = [
+        cell("adamw", 1e-3, 0.95),  # the oracle
+        cell("trimtab", 1e-3, 0.945),
+        cell("trimtab", 1e-1, 0.90),
+        cell("trimtab-no-plateau", 1e-3, 0.99),  # beats the oracle: still within
+        cell("trimtab-no-plateau", 1e-1, 0.93),
+    ]
+    hits = within(records, ["trimtab", "trimtab-no-plateau"])
+    assert [hit for _, hit, _ in hits["trimtab"]["tabular"]] == [True, False]
+    assert [hit for _, hit, _ in hits["trimtab-no-plateau"]["tabular"]] == [True, False]
+    lines = table(
+        hits,
+        ["trimtab", "trimtab-no-plateau"],
+        ["tabular"],
+        {"trimtab": 0, "trimtab-no-plateau": 1},
+    )
+    assert "| all defaults | 1/2 | 1/2 (50 %) | 0 |" in lines
+    assert "| without `plateau` | 1/2 | 1/2 (50 %) | 1 |" in lines
