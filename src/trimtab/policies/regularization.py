@@ -3,7 +3,8 @@
 Every new best of the validation metric keeps a copy of the weights (on the CPU, once per
 improving observation). When the metric has been worse than that best by more than
 ``min_rel_worsening`` of it and more than twice its own observation noise, for
-``patience`` observations in a row *while the training loss kept falling*, the run is
+``patience`` observations in a row *while the training loss kept falling* (by at least
+``min_train_drop`` of it since the best), the run is
 past its best point on the validation set. The response climbs a ladder:
 
 1. rewind: restore the best weights, raise weight decay by ``decay_factor`` (while the
@@ -63,6 +64,9 @@ class Regularization(Policy):
         rewind_factor: LR factor applied with each rewind, in (0, 1].
         max_rewinds: rewinds before the next detection stops the run.
         min_stop_fraction: share of ``total_steps`` before which the run is never stopped.
+        min_train_drop: how far (relative) the training loss (median of the last ten) must
+            have fallen since the best observation to count as still improving; noise in a
+            flat training loss must not pass for memorization.
     """
 
     name = "regularization"
@@ -81,6 +85,7 @@ class Regularization(Policy):
         rewind_factor: float = 0.5,
         max_rewinds: int = 3,
         min_stop_fraction: float = 0.5,
+        min_train_drop: float = 0.05,
     ) -> None:
         self.metric = _checks.metric("metric", metric)
         self.mode = _checks.mode("mode", mode)
@@ -96,6 +101,9 @@ class Regularization(Policy):
         if self.rewind_factor > 1.0:
             raise ConfigError(f"rewind_factor must be in (0, 1], got {rewind_factor}")
         self.max_rewinds = _checks.count("max_rewinds", max_rewinds, minimum=0)
+        self.min_train_drop = _checks.real("min_train_drop", min_train_drop)
+        if not 0.0 <= self.min_train_drop < 1.0:
+            raise ConfigError(f"min_train_drop must be in [0, 1), got {min_train_drop}")
         self.min_stop_fraction = _checks.real("min_stop_fraction", min_stop_fraction)
         if not 0.0 <= self.min_stop_fraction <= 1.0:
             raise ConfigError(f"min_stop_fraction must be in [0, 1], got {min_stop_fraction}")
@@ -111,6 +119,7 @@ class Regularization(Policy):
             "rewind_factor",
             "max_rewinds",
             "min_stop_fraction",
+            "min_train_drop",
         ]
         return {k: getattr(self, k) for k in keys}
 
@@ -152,9 +161,10 @@ class Regularization(Policy):
         margin = max(self.min_rel_worsening * abs(best), 2.0 * _noise([v for _, v in history]))
         # until the noise can be estimated (five observations) nothing counts as worse
         worse = len(history) >= _MIN_OBSERVATIONS and value - best > margin
+        at_best = state["train_at_best"]
         training_improves = (
-            train is not None and state["train_at_best"] is not None
-        ) and train < state["train_at_best"]
+            train is not None and at_best is not None
+        ) and train < at_best - self.min_train_drop * abs(at_best)
         state["worse"] = state["worse"] + 1 if worse and training_improves else 0
         if state["worse"] < self.patience:
             return [], state
