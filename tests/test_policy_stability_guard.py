@@ -238,3 +238,15 @@ def test_a_rewind_by_another_policy_resets_the_loss_range(rewind):
         proposals += script.feed(0.6 + 0.01 * math.sin(i))
     flagged = any(p.action in (Action.SKIP, Action.ROLLBACK) for p in proposals)
     assert flagged is (rewind is None)  # without the notice the jump reads as divergence
+
+
+def test_frequent_isolated_hard_batches_widen_the_range_instead_of_causing_rollbacks():
+    """A converged loss with a hard batch every few steps: two in a row is not divergence."""
+    script = Script()
+    for i in range(40):
+        script.feed(2.0 * math.exp(-i / 4) + 0.01)
+    proposals = []
+    for i in range(200):
+        hard = i % 6 == 0 or i == 151  # i = 150, 151: two hard batches in a row
+        proposals += script.feed(0.5 if hard else 0.01 * (1 + 0.1 * math.sin(i)))
+    assert not any(p.action is Action.ROLLBACK for p in proposals)

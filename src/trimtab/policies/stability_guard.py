@@ -197,6 +197,7 @@ class StabilityGuard(Policy):
                 # One high batch may be a bad batch, not bad weights: skip it and judge the
                 # next one (at the same weights). The update never reaches the weights.
                 state["suspect"] = True
+                state["suspect_loss"] = min(loss, centre + self.spike_z * scale)
                 skip = Proposal(
                     policy=self.name,
                     reason=f"{why}; step skipped (if the next batch is high too: roll back)",
@@ -205,6 +206,13 @@ class StabilityGuard(Policy):
                     signals=evidence,
                 )
                 return [skip], state
+            if state["suspect"]:
+                # The spike was one hard batch (this one is normal): it still belongs to
+                # the data's range, at the spike bar, so that frequent hard batches widen
+                # the upper tail instead of ending in rollbacks by two-in-a-row chance.
+                state["losses"] = [*state["losses"], state.get("suspect_loss", centre)][
+                    -self.window :
+                ]
             state["suspect"] = False
             state["above_in_row"] = state["above_in_row"] + 1 if high else 0
             if state["above_in_row"] >= self.sustained_steps:
