@@ -15,7 +15,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from benchmarks.methods import ABLATIONS, MAIN_METHODS
+from benchmarks.methods import ABLATIONS, CANDIDATES, MAIN_METHODS
 from benchmarks.run import execute, plan
 from benchmarks.scoring import _value
 from benchmarks.tasks import QUICK_TASKS, TASKS
@@ -74,7 +74,13 @@ def table(
             cells.append(f"{ok}/{len(row)}" if row else "—")
             total, good = total + len(row), good + ok
         share = f"{good}/{total} ({100 * good / total:.0f} %)" if total else "—"
-        label = "all defaults" if variant == "trimtab" else f"without `{ABLATIONS[variant]}`"
+        label = (
+            "all defaults"
+            if variant == "trimtab"
+            else f"without `{ABLATIONS[variant]}`"
+            if variant in ABLATIONS
+            else f"defaults + `{CANDIDATES[variant]}`"
+        )
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {share} | {divergences[variant]} |")
     return lines
 
@@ -88,9 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", default="benchmarks/RESULTS.md")
     args = parser.parse_args(argv)
     tasks = list(QUICK_TASKS if args.quick else TASKS)
-    variants = ["trimtab", *ABLATIONS]
+    variants = ["trimtab", *ABLATIONS, *CANDIDATES]
     cache = Path(args.out) / ("quick" if args.quick else "full") / "cells"
-    cells = plan(args.quick, tasks, [*MAIN_METHODS, *ABLATIONS], args.seeds)
+    cells = plan(args.quick, tasks, [*MAIN_METHODS, *ABLATIONS, *CANDIDATES], args.seeds)
     records = execute(cells, cache, args.workers)
     hits = within(records, variants)
     diverged = {v: sum(r["diverged"] for r in records if r["method"] == v) for v in variants}
@@ -101,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"## Policy ablation ({kind} run, CPU, {args.seeds} seeds)",
         "",
-        "Each default policy switched off in turn; a cell is one (task, initial LR) of the "
+        "Each default policy switched off in turn, and each built policy that is not a default "
+        "added; a cell is one (task, initial LR) of the "
         "suite's grid, within tolerance of the oracle as in the LR-robustness table. "
         f"Reproduce: `python -m benchmarks.ablation{' --quick' if args.quick else ''}`.",
         "",

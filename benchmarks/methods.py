@@ -192,10 +192,12 @@ class Trimtab(Method):
 
     fixed_lr: float | None = None
     without: str | None = None  # a default policy switched off (the ablation)
+    extra: str | None = None  # a policy added to the defaults (a candidate)
 
     def __init__(self, setup, lr, steps):
         super().__init__(setup, self.fixed_lr or lr, steps)
         policies = tuple(p for p in trimtab.policies.DEFAULT_POLICIES if p != self.without)
+        policies += (self.extra,) if self.extra else ()
         self.regime = trimtab.Regime(
             setup.model, self.optimizer, total_steps=steps, policies=policies
         )
@@ -227,7 +229,14 @@ def _ablated(policy: str) -> type[Trimtab]:
     return type(f"TrimtabWithout_{policy}", (Trimtab,), {"without": policy})
 
 
+def _extended(policy: str) -> type[Trimtab]:
+    return type(f"TrimtabWith_{policy}", (Trimtab,), {"extra": policy})
+
+
 ABLATIONS = {f"trimtab-no-{p}": p for p in trimtab.policies.DEFAULT_POLICIES}
+CANDIDATES = {
+    f"trimtab-plus-{p}": p for p in trimtab.policies.POLICIES if p not in ABLATIONS.values()
+}
 
 
 @dataclass(frozen=True)
@@ -258,9 +267,12 @@ METHODS: dict[str, MethodSpec] = {
         MethodSpec("trimtab", Trimtab, True),
         MethodSpec("trimtab_auto", TrimtabAuto, False),
         *(MethodSpec(name, _ablated(p), True) for name, p in ABLATIONS.items()),
+        *(MethodSpec(name, _extended(p), True) for name, p in CANDIDATES.items()),
     ]
 }
-MAIN_METHODS = tuple(n for n in METHODS if n != "adamw_skip_nonfinite" and n not in ABLATIONS)
+MAIN_METHODS = tuple(
+    n for n in METHODS if n != "adamw_skip_nonfinite" and n not in {**ABLATIONS, **CANDIDATES}
+)
 QUICK_METHODS = (
     "adamw",
     "adamw_cosine",

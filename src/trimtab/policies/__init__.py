@@ -6,6 +6,7 @@ from types import MappingProxyType
 
 from trimtab.policies.base import Policy, PolicyState, PolicyView
 from trimtab.policies.early_phase import EarlyPhase
+from trimtab.policies.momentum import Momentum
 from trimtab.policies.plateau import Plateau
 from trimtab.policies.regularization import Regularization
 from trimtab.policies.stability_guard import StabilityGuard
@@ -16,6 +17,7 @@ POLICIES = MappingProxyType(
         Plateau.name: Plateau,
         EarlyPhase.name: EarlyPhase,
         Regularization.name: Regularization,
+        Momentum.name: Momentum,
     }
 )
 DEFAULT_POLICIES = ("stability_guard", "early_phase", "regularization", "plateau")
@@ -24,6 +26,7 @@ __all__ = [
     "DEFAULT_POLICIES",
     "POLICIES",
     "EarlyPhase",
+    "Momentum",
     "Plateau",
     "Policy",
     "PolicyState",
