@@ -46,6 +46,8 @@ class Controller:
         log_every: cadence of signal snapshots in the log.
         snapshot_every: cadence of known-good snapshots.
         schedule: a base schedule composed under the adaptive multipliers.
+        max_grad_norm: clip each param group's gradient norm to this (times the adaptive
+            multiplier of ``max_grad_norm``) before the step; ``None``: no clipping.
         run_info: extra facts for the run header (precision, accumulation, ...).
     """
 
@@ -65,6 +67,7 @@ class Controller:
         snapshot_every: int = 25,
         schedule: Schedule | None = None,
         run_info: Mapping[str, Any] | None = None,
+        max_grad_norm: float | None = None,
     ) -> None:
         self.model = model
         self.optimizers = tuple(optimizers)
@@ -82,6 +85,11 @@ class Controller:
             raise ConfigError("a schedule needs total_steps: pass Regime(..., total_steps=N)")
         self.schedule = schedule
         knobs = {Knob.LR}
+        self.clip_base = (
+            None if max_grad_norm is None else _checks.positive("max_grad_norm", max_grad_norm)
+        )
+        if self.clip_base is not None:
+            knobs.add(Knob.MAX_GRAD_NORM)
         for policy in self.policies:
             knobs.update(getattr(policy, "knobs", ()))
         if schedule is not None and schedule.momentum(0, total_steps or 1) is not None:
@@ -193,7 +201,10 @@ class Controller:
             outcome = self._veto_nonfinite()
         self._ctx = ctx
         if outcome is Outcome.STEPPED:
-            self.actuator.apply(self._targets())
+            targets = self._targets()
+            self.actuator.apply(targets)
+            if self.clip_base is not None:
+                self._clip(targets)
         if self.step % self.log_every == 0:
             self._log_signals()
         return outcome
@@ -317,6 +328,17 @@ class Controller:
                 self._record(Event(**{**event.__dict__, "reason": reason}))
         return outcome
 
+    def _clip(self, targets: Mapping[tuple[Knob, str], float]) -> None:
+        """Clip each group's gradient to its threshold, on the device (no host read).
+
+        Runs after the probes: they, the policies and the log see the gradient as it was.
+        """
+        for handle in self.handles:
+            params = [p for p in handle.group["params"] if p.grad is not None]
+            if params:
+                limit = targets[(Knob.MAX_GRAD_NORM, handle.name)]
+                torch.nn.utils.clip_grad_norm_(params, limit)
+
     def _couple_shared_lr(self, bases: Mapping[tuple[Knob, str], float]) -> None:
         """Give every group of a shared-lr optimizer (Prodigy) the lowest lr multiplier.
 
@@ -420,6 +442,8 @@ class Controller:
     def planned_bases(self) -> dict[tuple[Knob, str], float]:
         """The user's base values after the trimtab schedule, before adaptation."""
         bases = self.actuator.bases()
+        if self.clip_base is not None:
+            bases.update({(Knob.MAX_GRAD_NORM, g): self.clip_base for g in self.group_names})
         if self.schedule is None:
             return bases
         total = self.total_steps or 1

@@ -67,6 +67,10 @@ class Regime:
             this and ``step`` returns ``Outcome.ACCUMULATING`` until the last one.
         recipe: the report of ``trimtab.recipe`` that built the optimizer; it is written
             to the run header as ``header["recipe"]``.
+        max_grad_norm: clip each param group's gradient norm to this before every step
+            (after the probes read it); the ``clipping`` policy moves it with the running
+            distribution of gradient norms. ``recipe().max_grad_norm`` is a size-aware
+            value. ``None`` (default): no clipping.
 
     Example:
         >>> model = torch.nn.Linear(4, 1)
@@ -94,6 +98,7 @@ class Regime:
         precision: Precision = "fp32",
         accumulate: int = 1,
         recipe: RecipeReport | None = None,
+        max_grad_norm: float | None = None,
     ) -> None:
         if not isinstance(model, torch.nn.Module):
             raise ConfigTypeError(
@@ -166,6 +171,7 @@ class Regime:
             log_every=log_every,
             snapshot_every=snapshot_every,
             schedule=schedule,
+            max_grad_norm=max_grad_norm,
             run_info={
                 "precision": precision,
                 "loss_scaling": self._scaler is not None,

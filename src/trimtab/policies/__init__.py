@@ -5,6 +5,7 @@ from __future__ import annotations
 from types import MappingProxyType
 
 from trimtab.policies.base import Policy, PolicyState, PolicyView
+from trimtab.policies.clipping import Clipping
 from trimtab.policies.early_phase import EarlyPhase
 from trimtab.policies.momentum import Momentum
 from trimtab.policies.plateau import Plateau
@@ -18,6 +19,7 @@ POLICIES = MappingProxyType(
         EarlyPhase.name: EarlyPhase,
         Regularization.name: Regularization,
         Momentum.name: Momentum,
+        Clipping.name: Clipping,
     }
 )
 DEFAULT_POLICIES = ("stability_guard", "early_phase", "regularization", "plateau")
@@ -25,6 +27,7 @@ DEFAULT_POLICIES = ("stability_guard", "early_phase", "regularization", "plateau
 __all__ = [
     "DEFAULT_POLICIES",
     "POLICIES",
+    "Clipping",
     "EarlyPhase",
     "Momentum",
     "Plateau",
