@@ -80,7 +80,7 @@ def recipe(
 
     Returns:
         ``(optimizer, report)``; each group has ``name``, ``lr``, ``weight_decay`` and
-        ``max_grad_norm`` (trimtab's clip threshold; clip with it yourself).
+        ``max_grad_norm`` (pass it as ``Regime(..., max_grad_norm=...)`` to clip with it).
 
     Example:
         >>> model = nn.Sequential(nn.Linear(8, 64), nn.ReLU(), nn.Linear(64, 2))
