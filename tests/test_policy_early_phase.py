@@ -109,6 +109,31 @@ def test_an_update_that_moves_the_weights_too_far_is_cut_at_once():
     assert "0.4 of their norm" in proposals[0].reason
 
 
+def test_a_step_that_did_not_advance_does_not_cut_twice_on_the_same_reading():
+    script = Script(EarlyPhase())
+    script.signals.record(0, {"loss/train": 2.0, "update_ratio/g0": 0.4})
+    view = PolicyView(0, 1000, script.signals, GROUPS, {})
+    (cut,), state = script.policy.propose(view, script.state)
+    # the step was skipped: the controller asks again at the same step, same reading
+    again, _ = script.policy.propose(view, state)
+    assert cut.priority is Priority.SAFETY and again == []
+
+
+def test_a_refused_or_superseded_raise_is_no_verdict_on_the_ramp():
+    script = Script(EarlyPhase())
+    seen = []
+    for i in range(11):  # the trial of step 10 is proposed...
+        seen += script.feed(**{"loss/train": 2.0 - 0.01 * i, "alignment/g0": 0.5})
+    script.multipliers[(Knob.LR, "g0")] = 1.25  # ...but a recovery step won the slot
+    for i in range(10):
+        seen += script.feed(**{"loss/train": 1.9 - 0.01 * i, "alignment/g0": 0.5})
+    verdicts = [p for p in seen if p.action is Action.VERDICT]
+    assert verdicts and "did not happen" in verdicts[-1].reason
+    assert "ramp goes on" in verdicts[-1].reason
+    raises = [p for p in seen if p.knob is Knob.LR and p.factor == 2.0]
+    assert len(raises) == 2  # a new trial right away
+
+
 def test_bad_settings_are_refused_with_the_reason():
     with pytest.raises(ConfigError, match="factor must be > 1"):
         EarlyPhase(factor=0.5)

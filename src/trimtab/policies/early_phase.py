@@ -152,6 +152,11 @@ class EarlyPhase(Policy):
         ratio = view.signals.fresh(f"update_ratio/{group}", view.step)
         if ratio is None or not math.isfinite(ratio) or ratio <= self.max_update_ratio:
             return None
+        if entry.get("cut_at") == view.step:
+            # A skipped or rolled-back step keeps the step count, so the same reading is
+            # fresh again: it was acted on already.
+            return None
+        entry["cut_at"] = view.step
         entry["trial"] = None  # a pending raise is moot: the rate comes down
         factor = self.target_update_ratio / ratio
         why = (
@@ -200,6 +205,7 @@ class EarlyPhase(Policy):
             "before": before,
             "se": spread,
             "multiplier": current * self.factor,
+            "from": current,
         }
         entry["aligns"] = []
         why = (
@@ -233,15 +239,32 @@ class EarlyPhase(Policy):
         limit = trial["before"] + self.slack * trial["se"]
         applied = current >= trial["multiplier"] * 0.999
         evidence = {"loss/before": trial["before"], "loss/after": after, "limit": limit}
+        refused = not applied and current >= trial.get("from", math.inf) * 0.999
+        if refused:
+            # The arbiter refused the raise (a cooldown, a more urgent recent cut, or
+            # another policy's move on the same step won): no trial took place, so there
+            # is nothing to judge and the ramp may go on.
+            return Proposal(
+                policy=self.name,
+                reason=(
+                    f"trial of step {trial['step']} did not happen: the arbiter refused or "
+                    f"superseded the raise (the lr multiplier is {current:.3g}, not "
+                    f"{trial['multiplier']:.3g}); the ramp goes on"
+                ),
+                priority=Priority.SPEED,
+                action=Action.VERDICT,
+                group=group,
+                signals=evidence,
+            )
         if not applied:
-            # The raise was refused or another policy cut the rate since: the ramp is over.
+            # Another policy cut the rate since the raise: the ramp is over.
             entry["done"] = True
             return Proposal(
                 policy=self.name,
                 reason=(
                     f"trial of step {trial['step']} ended: the lr multiplier is "
                     f"{current:.3g}, not the {trial['multiplier']:.3g} it raised to "
-                    "(refused or cut by another policy); no further raises"
+                    "(cut by another policy); no further raises"
                 ),
                 priority=Priority.SPEED,
                 action=Action.VERDICT,
