@@ -134,6 +134,18 @@ def test_a_refused_or_superseded_raise_is_no_verdict_on_the_ramp():
     assert len(raises) == 2  # a new trial right away
 
 
+def test_a_cut_by_another_policy_between_trials_ends_the_ramp():
+    script = Script(EarlyPhase())
+    for i in range(21):  # trial at 10 kept at 20, next trial proposed at 20
+        script.feed(**{"loss/train": 2.0 - 0.01 * i, "alignment/g0": 0.5})
+    for i in range(10):
+        script.feed(**{"loss/train": 1.7 - 0.01 * i, "alignment/g0": 0.5})
+    script.multipliers[(Knob.LR, "g0")] = 1.0  # e.g. the plateau policy halved it
+    seen = [p for _ in range(60) for p in script.feed(**{"loss/train": 1.5, "alignment/g0": 0.9})]
+    assert not [p for p in seen if p.knob is Knob.LR]
+    assert any("another policy cut" in p.reason or "cut by another" in p.reason for p in seen)
+
+
 def test_bad_settings_are_refused_with_the_reason():
     with pytest.raises(ConfigError, match="factor must be > 1"):
         EarlyPhase(factor=0.5)

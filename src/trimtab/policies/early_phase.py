@@ -6,8 +6,11 @@ the previous update (``alignment`` well above zero: a bigger step would have hel
 this policy doubles the group's learning rate, one provisional trial at a time. Each
 trial states what it expects (the next ``period`` steps' mean training loss no higher
 than the last ``period`` steps'); if the loss rises instead, or another policy had to
-cut the rate, the trial is reverted and the group's ramp ends. Both the trial and its
-verdict are events. After ``until`` of the run the policy stays silent.
+cut the rate, the trial is reverted and the group's ramp ends; so does a cut by another
+policy between trials (it knows something the alignment does not), except the response
+to the same overshoot this policy has just cut for. A raise the arbiter refused is no
+trial and ends nothing. Both the trial and its verdict are events. After ``until`` of
+the run the policy stays silent.
 
 The opposite mistake shows in the very first steps: an update that moves the weights by
 a large share of their norm (``update_ratio`` above ``max_update_ratio``; healthy runs
@@ -148,6 +151,20 @@ class EarlyPhase(Policy):
             signals={"multiplier": trial["multiplier"]},
         )
 
+    def _ended_by_cut(self, group: str, before: float, now: float) -> Proposal:
+        return Proposal(
+            policy=self.name,
+            reason=(
+                f"another policy cut the lr multiplier from {before:.3g} to {now:.3g} since "
+                "the last decision: it knows something the alignment does not; no further "
+                "raises"
+            ),
+            priority=Priority.SPEED,
+            action=Action.VERDICT,
+            group=group,
+            signals={"multiplier": now, "before": before},
+        )
+
     def _too_fast(self, view: PolicyView, group: str, entry: dict[str, Any]) -> Proposal | None:
         ratio = view.signals.fresh(f"update_ratio/{group}", view.step)
         if ratio is None or not math.isfinite(ratio) or ratio <= self.max_update_ratio:
@@ -179,7 +196,13 @@ class EarlyPhase(Policy):
     ) -> list[Proposal]:
         current = view.multiplier(Knob.LR, group)
         out: list[Proposal] = []
+        seen, entry["seen"] = entry.get("seen"), current
         trial = entry["trial"]
+        if trial is None and not entry["done"] and seen is not None and current < seen * 0.999:
+            ours = entry.get("cut_at") is not None and view.step - entry["cut_at"] <= self.period
+            if not ours:  # not a response to the overshoot this policy just cut for
+                entry["done"] = True
+                return [self._ended_by_cut(group, seen, current)]
         if trial is not None:
             entry["trial"] = None
             verdict = self._verdict(group, entry, trial, current, losses)
