@@ -198,8 +198,10 @@ class Trimtab(Method):
         super().__init__(setup, self.fixed_lr or lr, steps)
         policies = tuple(p for p in trimtab.policies.DEFAULT_POLICIES if p != self.without)
         policies += (self.extra,) if self.extra else ()
+        # the clipping policy acts only where the run clips: start from the common 1.0
+        clip = 1.0 if self.extra == "clipping" else None
         self.regime = trimtab.Regime(
-            setup.model, self.optimizer, total_steps=steps, policies=policies
+            setup.model, self.optimizer, total_steps=steps, policies=policies, max_grad_norm=clip
         )
 
     def step(self, loss):
