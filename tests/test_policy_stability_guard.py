@@ -250,3 +250,20 @@ def test_frequent_isolated_hard_batches_widen_the_range_instead_of_causing_rollb
         hard = i % 6 == 0 or i == 151  # i = 150, 151: two hard batches in a row
         proposals += script.feed(0.5 if hard else 0.01 * (1 + 0.1 * math.sin(i)))
     assert not any(p.action is Action.ROLLBACK for p in proposals)
+
+
+def test_a_rate_already_cut_since_the_spike_is_not_cut_again_by_the_rollback():
+    """The early phase cut for the same overshoot: roll back, but do not pile on a cut."""
+    script = Script()
+    for i in range(30):
+        script.feed(2.0 + 0.05 * math.sin(i))
+    (skip,) = script.feed(50.0)
+    assert skip.action is Action.SKIP
+    for g in GROUPS:  # another policy cuts every group's LR on that same step
+        script.multipliers[(Knob.LR, g)] = 0.02
+    proposals = script.feed(45.0)
+    assert [p.action for p in proposals] == [Action.ROLLBACK]
+    assert "already cut" in proposals[0].reason
+    assert all(script.multipliers[(Knob.LR, g)] == 0.02 for g in GROUPS)
+    for i in range(100):  # and no recovery back to the pre-cut rate either
+        assert not [p for p in script.feed(2.0 + 0.05 * math.sin(i)) if p.knob is Knob.LR]

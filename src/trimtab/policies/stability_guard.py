@@ -186,7 +186,11 @@ class StabilityGuard(Policy):
                     f"loss {loss:.4g} is still {z:.1f} robust sigmas above its recent median "
                     f"{centre:.4g} on the batch after a spike (scale {scale:.3g})"
                 )
-                return self._diverged(view, state, why, evidence)
+                cut_since = state.get("suspect_lr", {})
+                already = bool(cut_since) and all(
+                    view.multiplier(Knob.LR, g) < cut_since.get(g, 0.0) * 0.999 for g in view.groups
+                )
+                return self._diverged(view, state, why, evidence, already_cut=already)
             if spike:
                 why = (
                     f"loss {loss:.4g} is {z:.1f} robust sigmas above its recent median "
@@ -198,6 +202,7 @@ class StabilityGuard(Policy):
                 # next one (at the same weights). The update never reaches the weights.
                 state["suspect"] = True
                 state["suspect_loss"] = min(loss, centre + self.spike_z * scale)
+                state["suspect_lr"] = {g: view.multiplier(Knob.LR, g) for g in view.groups}
                 skip = Proposal(
                     policy=self.name,
                     reason=f"{why}; step skipped (if the next batch is high too: roll back)",
@@ -328,11 +333,19 @@ class StabilityGuard(Policy):
         )
 
     def _diverged(
-        self, view: PolicyView, state: PolicyState, why: str, evidence: dict[str, float]
+        self,
+        view: PolicyView,
+        state: PolicyState,
+        why: str,
+        evidence: dict[str, float],
+        *,
+        already_cut: bool = False,
     ) -> tuple[list[Proposal], PolicyState]:
+        """Roll back and cut the LR; with ``already_cut`` (another policy cut every
+        group's LR since the spike, for the same overshoot) roll back without cutting."""
         last = state["last_divergence"]
         repeated = last is not None and view.step - last <= self.memory
-        cut = self.repeat_cut if repeated else self.cut
+        cut = 1.0 if already_cut else self.repeat_cut if repeated else self.cut
         for group in view.groups:
             current = view.multiplier(Knob.LR, group)
             effective = current * view.base(Knob.LR, group)
@@ -357,14 +370,20 @@ class StabilityGuard(Policy):
             shifted=[],
         )
         kind = "repeated divergence" if repeated else "divergence"
-        proposals = [
-            Proposal(
-                policy=self.name,
-                reason=f"{kind}: {why}; rolling back to the last known-good state",
-                priority=Priority.SAFETY,
-                action=Action.ROLLBACK,
-                signals=evidence,
+        rollback = Proposal(
+            policy=self.name,
+            reason=f"{kind}: {why}; rolling back to the last known-good state"
+            + (
+                "; the lr was already cut since the spike, so no further cut" if already_cut else ""
             ),
+            priority=Priority.SAFETY,
+            action=Action.ROLLBACK,
+            signals=evidence,
+        )
+        if already_cut:
+            return [rollback], state
+        proposals = [
+            rollback,
             Proposal(
                 policy=self.name,
                 reason=f"{kind}: {why}; cutting lr x{cut}",
