@@ -267,3 +267,24 @@ def test_a_rate_already_cut_since_the_spike_is_not_cut_again_by_the_rollback():
     assert all(script.multipliers[(Knob.LR, g)] == 0.02 for g in GROUPS)
     for i in range(100):  # and no recovery back to the pre-cut rate either
         assert not [p for p in script.feed(2.0 + 0.05 * math.sin(i)) if p.knob is Knob.LR]
+
+
+def test_recovery_after_repeated_divergence_keeps_a_later_cut_by_another_policy():
+    """Both recovery limits (multiplier and effective LR) follow another policy's cut."""
+    script = Script()
+    script.bases = {(Knob.LR, g): 0.3 for g in GROUPS}
+    for i in range(30):
+        script.feed(2.0 + 0.05 * math.sin(i))
+    for _ in range(2):  # two divergences: the ceiling becomes 0.3 of the diverged rate
+        script.feed(50.0)
+        script.feed(45.0)
+        for i in range(20):
+            script.feed(2.0 + 0.05 * math.sin(i))
+    assert script.state["ceilings"]["g0"]["lr"] < 0.3 * 0.3  # the effective-LR limit binds
+    for i in range(200):
+        script.feed(2.0 + 0.05 * math.sin(i))
+    top = script.multipliers[(Knob.LR, "g0")]
+    for g in GROUPS:  # a plateau halves the rate once recovery is done
+        script.multipliers[(Knob.LR, g)] = top / 2
+    raises = [p for i in range(300) for p in script.feed(1.0 + 0.02 * math.sin(i)) if p.knob]
+    assert raises == [] and script.multipliers[(Knob.LR, "g0")] == top / 2

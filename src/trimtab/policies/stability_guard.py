@@ -408,6 +408,7 @@ class StabilityGuard(Policy):
             ours = intended is not None and math.isclose(current, intended, rel_tol=1e-6)
             if not ours and seen > 0 and not math.isclose(current, seen, rel_tol=1e-6):
                 ceiling["multiplier"] *= current / seen
+                ceiling["lr"] *= current / seen  # both limits: recovery stops below either
             ceiling["seen"] = current
 
     def _recover(self, view: PolicyView, state: PolicyState) -> list[Proposal]:
