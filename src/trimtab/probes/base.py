@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from trimtab.probes._update import UpdateSnapshot
+
 
 class Cost(str, enum.Enum):
     """Rough price of one measurement, used by presets and the cost table."""
@@ -54,6 +56,7 @@ class StepContext:
     micro_grad_sq_norms: tuple[torch.Tensor, ...] = ()
     micro_batch_size: int | None = None
     _grad_norms: dict[str, torch.Tensor] | None = field(default=None, repr=False)
+    _update: UpdateSnapshot | None = field(default=None, repr=False)
 
     def grad_norms(self) -> dict[str, torch.Tensor]:
         """L2 norm of the gradients of each group (0-dim tensors; no host sync)."""
@@ -66,6 +69,13 @@ class StepContext:
                     norms[group.name] = torch.linalg.vector_norm(torch.stack(per_tensor))
             self._grad_norms = norms
         return self._grad_norms
+
+    def update_snapshot(self) -> UpdateSnapshot:
+        """The weights before this step, copied once for every probe that asks (call it
+        in ``before_step``; ``finish`` it in ``after_step`` to get minus the update)."""
+        if self._update is None:
+            self._update = UpdateSnapshot(self.groups)
+        return self._update
 
 
 class Probe:
