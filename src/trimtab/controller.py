@@ -531,9 +531,15 @@ def _trainable(handle: GroupHandle) -> tuple[torch.Tensor, ...]:
 
 
 def _transfer(readings: Mapping[str, torch.Tensor]) -> dict[str, float]:
-    """Move every reading to the host in one transfer (the step's single sync)."""
+    """Move every reading to the host in one transfer (the step's single sync).
+
+    Readings that already live on the CPU need no transfer: each is read as it is
+    (rounded to float32 like the stacked path), which skips the stack's per-value ops.
+    """
     if not readings:
         return {}
+    if all(t.is_cpu for t in readings.values()):
+        return {n: float(t.float()) for n, t in readings.items()}
     names = list(readings)
     device = readings[names[0]].device
     stacked = torch.stack([readings[n].detach().reshape(()).float().to(device) for n in names])

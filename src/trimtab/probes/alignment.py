@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import torch
 
-from trimtab.probes._update import UpdateSnapshot, group_norm
+from trimtab.probes._update import FlatCopy, UpdateSnapshot
 from trimtab.probes.base import Cost, Probe, StepContext
 
 
@@ -23,9 +23,9 @@ class AlignmentProbe(Probe):
     """Emits ``alignment/<group>`` and ``alignment/global``: cos(g_t, -(w_t - w_(t-1))).
 
     A reading every ``every`` steps (3 by default: the early-phase policy still gets
-    three readings per 10-step period); each costs one copy of the weights on the step
-    before (shared with the update-ratio probe) and a fixed number of fused operations.
-    A skipped or rolled-back step in between leaves no reading rather than a misleading
+    three readings per 10-step period); each costs one flat copy of the weights on the
+    step before (shared with the update-ratio probe) and a few operations over it. A
+    skipped or rolled-back step in between leaves no reading rather than a misleading
     one.
     """
 
@@ -35,7 +35,7 @@ class AlignmentProbe(Probe):
     def __init__(self, *, every: int = 3) -> None:
         super().__init__(every=every)
         self._snapshot: UpdateSnapshot | None = None
-        self._deltas: dict[str, list[torch.Tensor]] = {}
+        self._deltas: dict[str, FlatCopy] = {}
         self._delta_step: int | None = None
 
     def due(self, step: int) -> bool:
@@ -61,53 +61,49 @@ class AlignmentProbe(Probe):
         return {}
 
     def _read(self, ctx: StepContext) -> dict[str, torch.Tensor]:
+        """cos(g, -update) per group; overwrites the stored update (it is read once)."""
         out: dict[str, torch.Tensor] = {}
         totals = []
         grad_norms = ctx.grad_norms()
         for group in ctx.groups:
-            deltas = self._deltas.get(group.name)
-            if not deltas or len(deltas) != len(group.params) or group.name not in grad_norms:
+            minus = self._deltas.get(group.name)
+            if minus is None or len(minus.views) != len(group.params):
                 continue
-            paired = zip(group.params, deltas, strict=True)
-            pairs = [(p.grad, d) for p, d in paired if p.grad is not None]
-            grads, minus = [g for g, _ in pairs], [d for _, d in pairs]
-            if minus[0].device != grads[0].device:  # deltas restored from a checkpoint
-                minus = [d.to(g.device) for g, d in pairs]
-            g_norm, d_norm = grad_norms[group.name], group_norm(minus)
-            cos = _cosine(grads, minus, g_norm, d_norm)
-            out[f"alignment/{group.name}"] = cos
-            totals.append(torch.stack([cos * g_norm * d_norm, g_norm.square(), d_norm.square()]))
-        if totals:
-            dot, g_sq, d_sq = torch.stack(totals).sum(dim=0)
+            if group.name not in grad_norms:
+                continue
+            grads = [p.grad for p in group.params]
+            if minus.flat.device != group.params[0].device:  # restored from a checkpoint
+                minus = FlatCopy([v.to(group.params[0].device) for v in minus.views])
+            pairs = list(zip(minus.views, grads, strict=True))
+            with torch.no_grad():
+                # tensors without a gradient this step leave their update out, as in g.d
+                for view, grad in pairs:
+                    if grad is None:
+                        view.zero_()
+                d_norm = minus.norm()
+                present = [(v, g) for v, g in pairs if g is not None]
+                torch._foreach_mul_([v for v, _ in present], [g for _, g in present])
+                dot = minus.flat.sum()  # the flat buffer now holds g * (-update)
+            g_norm = grad_norms[group.name]
+            out[f"alignment/{group.name}"] = dot / (g_norm * d_norm).clamp_min(1e-30)
+            totals.append((dot, g_norm, d_norm))
+        if len(totals) == 1:
+            out["alignment/global"] = next(iter(out.values()))
+        elif totals:
+            dot, g_sq, d_sq = torch.stack(
+                [torch.stack([d, g.square(), n.square()]) for d, g, n in totals]
+            ).sum(dim=0)
             out["alignment/global"] = dot / (g_sq * d_sq).sqrt().clamp_min(1e-30)
         return out
 
     def state_dict(self) -> dict[str, object]:
         return {
-            "deltas": {k: [t.cpu().clone() for t in v] for k, v in self._deltas.items()},
+            "deltas": {k: [v.cpu().clone() for v in c.views] for k, c in self._deltas.items()},
             "delta_step": self._delta_step,
         }
 
     def load_state_dict(self, state: dict[str, object]) -> None:
-        self._deltas = dict(state.get("deltas", {}))  # type: ignore[arg-type]
+        deltas = dict(state.get("deltas", {}))  # type: ignore[call-overload]
+        self._deltas = {k: FlatCopy(v) for k, v in deltas.items() if v}
         step = state.get("delta_step")
         self._delta_step = None if step is None else int(step)  # type: ignore[arg-type]
-
-
-def _cosine(
-    grads: list[torch.Tensor], minus: list[torch.Tensor], g_norm: torch.Tensor, d_norm: torch.Tensor
-) -> torch.Tensor:
-    """cos(g, d) from norms alone, overwriting ``minus``: a fixed number of fused ops.
-
-    With d scaled to g's norm, g.d = (|g + d|^2 - |g - d|^2) / 4 (the polarization
-    identity); equal norms keep the two terms of the same size, so the difference does
-    not lose the cosine to rounding. A zero gradient or update gives 0.
-    """
-    with torch.no_grad():
-        scale = torch.where(d_norm > 0, g_norm / d_norm, torch.zeros_like(d_norm))
-        torch._foreach_mul_(minus, scale)
-        torch._foreach_add_(minus, grads)
-        plus = group_norm(minus)
-        torch._foreach_sub_(minus, grads, alpha=2.0)
-        diff = group_norm(minus)
-    return (plus.square() - diff.square()) / (4 * g_norm.square()).clamp_min(1e-30)

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import torch
 
-from trimtab.probes._update import UpdateSnapshot, group_norm
+from trimtab.probes._update import UpdateSnapshot
 from trimtab.probes.base import Cost, Probe, StepContext
 
 
@@ -39,7 +39,7 @@ class UpdateRatioProbe(Probe):
 
     def before_step(self, ctx: StepContext) -> dict[str, torch.Tensor]:
         self._snapshot = ctx.update_snapshot()
-        self._weights = {g.name: group_norm(g.params) for g in ctx.groups if g.params}
+        self._weights = self._snapshot.weight_norms()
         return {}
 
     def after_step(self, ctx: StepContext) -> dict[str, torch.Tensor]:
@@ -49,7 +49,7 @@ class UpdateRatioProbe(Probe):
             return {}
         minus_update = snapshot.finish(ctx.groups)
         return {
-            f"update_ratio/{name}": group_norm(minus_update[name]) / weight.clamp_min(1e-12)
+            f"update_ratio/{name}": minus_update[name].norm() / weight.clamp_min(1e-12)
             for name, weight in weights.items()
             if name in minus_update
         }
