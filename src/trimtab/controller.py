@@ -87,6 +87,7 @@ class Controller:
         if schedule is not None and schedule.momentum(0, total_steps or 1) is not None:
             knobs.add(Knob.MOMENTUM)
         self.actuator = Actuator(self.handles, sorted(knobs, key=lambda k: k.value))
+        self._shared_lr = any(f.shared_lr for f in self.actuator.families.values())
         if schedule is not None:
             _refuse_double_warmup(schedule, total_steps or 1, self.actuator)
         self.arbiter = Arbiter(arbiter)
@@ -168,13 +169,15 @@ class Controller:
                 readings.update(probe.before_step(ctx))
         self.signals.record(self.step, _transfer(readings))
 
+        # The groups hold the user's values until the actuator applies: read them once.
+        bases = self.planned_bases()
         view = PolicyView(
             step=self.step,
             total_steps=self.total_steps,
             signals=self.signals,
             groups=self.group_names,
             multipliers=dict(self.multipliers),
-            bases=self.planned_bases(),
+            bases=bases,
         )
         proposals = []
         for policy in self.policies:
@@ -186,14 +189,15 @@ class Controller:
             proposals, step=self.step, groups=self.group_names, multipliers=self.multipliers
         )
         self.rejections.extend(rejections)
-        outcome = self._enact(decisions)
+        outcome = self._enact(decisions, bases)
         if outcome is Outcome.STEPPED and self.signals.fresh("nonfinite/any", self.step) == 1.0:
             outcome = self._veto_nonfinite()
         self._ctx = ctx
+        targets = self._targets(bases)
         if outcome is Outcome.STEPPED:
-            self.actuator.apply(self._targets())
+            self.actuator.apply(targets)
         if self.step % self.log_every == 0:
-            self._log_signals()
+            self._log_signals(targets)
         return outcome
 
     def after_step(self, outcome: Outcome) -> None:
@@ -249,9 +253,10 @@ class Controller:
             sink.write(kind, payload)
 
     # -- effects -----------------------------------------------------------------------
-    def _enact(self, decisions: Sequence[Decision]) -> Outcome:
+    def _enact(
+        self, decisions: Sequence[Decision], bases: Mapping[tuple[Knob, str], float]
+    ) -> Outcome:
         outcome = Outcome.STEPPED
-        bases = self.planned_bases()
         rollback_events = []
         for decision in decisions:
             proposal = decision.proposal
@@ -284,7 +289,8 @@ class Controller:
                 self._record(_action_event(self.step, EventKind.STOP, proposal))
             elif proposal.action is Action.VERDICT:
                 self._record(_action_event(self.step, EventKind.VERDICT, proposal))
-        self._couple_shared_lr(bases)
+        if self._shared_lr:
+            self._couple_shared_lr(bases)
         if outcome is not Outcome.STEPPED:
             self._last_incident = self.step
         if rollback_events:
@@ -417,23 +423,22 @@ class Controller:
                 bases[(knob, group)] = momentum
         return bases
 
-    def _targets(self) -> dict[tuple[Knob, str], float]:
-        return {
-            key: base * self.multipliers.get(key, 1.0) for key, base in self.planned_bases().items()
-        }
+    def _targets(self, bases: Mapping[tuple[Knob, str], float]) -> dict[tuple[Knob, str], float]:
+        return {key: base * self.multipliers.get(key, 1.0) for key, base in bases.items()}
 
     def effective(self) -> dict[str, float]:
-        """Effective value of every knob as ``"knob/group"`` (base x schedule x multiplier)."""
-        return {f"{knob.value}/{group}": v for (knob, group), v in self._targets().items()}
+        """Effective value of every knob as ``"knob/group"`` (base x schedule x multiplier).
 
-    def _log_signals(self) -> None:
+        Reads the user's values from the groups: valid between steps.
+        """
+        return _by_name(self._targets(self.planned_bases()))
+
+    def _log_signals(self, targets: Mapping[tuple[Knob, str], float]) -> None:
+        # the values this step uses, planned before the actuator wrote them (reading the
+        # groups after the write would multiply the multipliers in twice)
         self._write(
             "signals",
-            {
-                "step": self.step,
-                "values": self.signals.snapshot(),
-                "knobs": self.effective(),
-            },
+            {"step": self.step, "values": self.signals.snapshot(), "knobs": _by_name(targets)},
         )
 
     # -- persistence -------------------------------------------------------------------
@@ -524,6 +529,10 @@ def _refuse_double_warmup(schedule: Schedule, total: int, actuator: Actuator) ->
                 f"starts at {start:.3g} x lr: the two warmups would multiply. Set {key}=0 on "
                 "the optimizer, or use a schedule without a warmup."
             )
+
+
+def _by_name(values: Mapping[tuple[Knob, str], float]) -> dict[str, float]:
+    return {f"{knob.value}/{group}": v for (knob, group), v in values.items()}
 
 
 def _trainable(handle: GroupHandle) -> tuple[torch.Tensor, ...]:

@@ -59,12 +59,13 @@ class Actuator:
                     f"{sorted(k.value for k in available)}. Remove those knobs from the "
                     "policies and the schedule, or use an optimizer that has them."
                 )
+        self._by_name = {h.name: h for h in self.handles}
         self._bases: dict[tuple[Knob, str], float] = {}
         self._applied = False
 
     def handle(self, name: str) -> GroupHandle:
         """The handle of group ``name``."""
-        return next(h for h in self.handles if h.name == name)
+        return self._by_name[name]
 
     def lr_siblings(self, name: str) -> tuple[str, ...]:
         """Other groups whose lr must move with group ``name`` (same Prodigy optimizer).
@@ -106,8 +107,7 @@ class Actuator:
         if not self._applied:
             return
         for (knob, name), base in self._bases.items():
-            handle = next(h for h in self.handles if h.name == name)
-            adapters.write(handle.group, knob, base)
+            adapters.write(self._by_name[name].group, knob, base)
         self._applied = False
 
     @contextmanager
