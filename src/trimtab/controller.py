@@ -170,7 +170,8 @@ class Controller:
         self.signals.record(self.step, _transfer(readings))
 
         # The groups hold the user's values until the actuator applies: read them once.
-        bases = self.planned_bases()
+        raw = self.actuator.bases()
+        bases = self._plan(raw)
         view = PolicyView(
             step=self.step,
             total_steps=self.total_steps,
@@ -195,7 +196,7 @@ class Controller:
         self._ctx = ctx
         targets = self._targets(bases)
         if outcome is Outcome.STEPPED:
-            self.actuator.apply(targets)
+            self.actuator.apply(targets, bases=raw)
         if self.step % self.log_every == 0:
             self._log_signals(targets)
         return outcome
@@ -410,7 +411,11 @@ class Controller:
 
     def planned_bases(self) -> dict[tuple[Knob, str], float]:
         """The user's base values after the trimtab schedule, before adaptation."""
-        bases = self.actuator.bases()
+        return self._plan(self.actuator.bases())
+
+    def _plan(self, raw: Mapping[tuple[Knob, str], float]) -> dict[tuple[Knob, str], float]:
+        """``raw`` (the groups' values) with the trimtab schedule applied (a new dict)."""
+        bases = dict(raw)
         if self.schedule is None:
             return bases
         total = self.total_steps or 1
