@@ -10,7 +10,7 @@ from trimtab.probes.base import Cost, Probe, StepContext
 
 
 class NonFiniteProbe(Probe):
-    """Emits ``nonfinite/any``: 1.0 if the loss or any gradient is NaN or infinite.
+    """Emits ``nonfinite/any``: true (1.0) if the loss or any gradient is NaN or infinite.
 
     A NaN or inf anywhere in a gradient makes the global gradient norm non-finite, so
     the check reuses the shared norm instead of scanning every element again, and tests
@@ -42,6 +42,7 @@ class NonFiniteProbe(Probe):
         if total is None:
             return {}
         # x - x is 0 for a finite x and NaN for inf or NaN, and only NaN differs from
-        # itself: three element-wise ops, cheaper than isfinite's composite on one value.
+        # itself: two element-wise ops, cheaper than isfinite's composite on one value.
+        # A 0-dim bool tensor: the controller's transfer reads it as 1.0 or 0.0.
         zero_if_finite = total - total
-        return {"nonfinite/any": (zero_if_finite != zero_if_finite).float()}
+        return {"nonfinite/any": zero_if_finite != zero_if_finite}
