@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.overhead import interleaved
-from trimtab.probes import PRESETS, PROBES, PageHinkley
+from trimtab.probes import DEFAULT_PROBES, PRESETS, PROBES, PageHinkley
 
 REQUIRED = ("loss", "grad_norm", "nonfinite")
 START, END = "<!-- probes:start -->", "<!-- probes:end -->"
@@ -46,7 +46,7 @@ def costs(steps: int) -> list[str]:
         rows.append(
             f"| {name} | {probe.cost.value} | {probe.every} | {cells[0]:.3f} | {cells[1]:.3f} |"
         )
-    for preset, names in PRESETS.items():
+    for preset, names in {"default": DEFAULT_PROBES, **PRESETS}.items():
         cells = [_ratio(t, names, steps) for t in ("width_128", "digits_cnn")]
         rows.append(f"| preset `{preset}` | | | {cells[0]:.3f} | {cells[1]:.3f} |")
     return rows
@@ -100,15 +100,25 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "Curvature runs only when a closure is passed (the benchmark passes one); each "
         "reading costs 5 Hessian-vector products every 50 steps. These models take "
-        "0.6-1.5 ms per step, so the fixed cost of each probe's small tensor operations "
-        "and of the one host transfer per step dominates (about 0.15 ms for the required "
-        "three); on the 33 ms transformer step of the suite the default set costs ~5 % "
-        "(see the overhead table). The <= 2 % target is not met on small models.",
+        "0.6-1.5 ms per step, so the fixed Python and dispatch cost of each probe's small "
+        "tensor operations dominates: about 0.1 ms per step for the required three, most "
+        "of it the shared gradient norms (one fused reduction) and the non-finite flag. "
+        "On the 30-50 ms transformer step the default set costs 1-2 % (see the overhead "
+        "table); the <= 2 % target is not met on models this small. The digits CNN "
+        "column is noisy (ratios below 1, and single rows up to 1.7 on a loaded "
+        "machine); likely the allocator effect the overhead notes describe, not verified "
+        "for this model.",
+        "",
+        "Alignment and update_ratio share one flat copy of the weights per group, taken "
+        "on the step before each alignment reading (every 3 steps) and turned in place "
+        "into minus the update; update_ratio (every 9 steps, plus the first) reads the "
+        "same copy, so the default set copies the weights on a third of the steps.",
         "",
         "Host syncs: every probe returns device tensors; the controller reads all due "
-        "values in one transfer per optimizer step, which the non-finite veto needs "
-        "before the update (the same per-step read GradScaler makes). Removing it would "
-        "need a device-side veto (e.g. fused optimizers' found_inf): not done yet.",
+        "values in one transfer per optimizer step (on the CPU, where there is no "
+        "transfer, each value is read directly). The non-finite veto needs that read "
+        "before the update, as GradScaler does; a device-side veto that reads the flag "
+        "only on the decision cadence is not built (see the overhead notes).",
         "",
         "### Shift detector (Page-Hinkley on standardised values, threshold 12, delta "
         "0.5), 20 seeds",

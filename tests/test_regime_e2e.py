@@ -195,3 +195,18 @@ def test_without_policies_a_non_finite_step_is_still_vetoed():
     assert regime.step() is Outcome.SKIPPED
     assert all_finite(model)
     assert regime.events[-1].policy == "controller" and regime.step_count == 0
+
+
+def test_logged_knobs_are_the_effective_values_of_the_step(tmp_path):
+    from trimtab.types import Knob
+
+    model = torch.nn.Linear(4, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    path = tmp_path / "run.jsonl"
+    regime = Regime(model, opt, policies=(), log=path, log_every=1)
+    regime._controller.multipliers[(Knob.LR, "g0")] = 2.0
+    regime.backward(model(torch.randn(8, 4)).pow(2).mean())
+    regime.step()
+    (snapshot,) = [r for r in read_log(path) if r["type"] == "signals"]
+    assert snapshot["knobs"]["lr/g0"] == pytest.approx(0.2)  # base x multiplier, once
+    assert regime.hyperparameters()["lr/g0"] == pytest.approx(0.2)

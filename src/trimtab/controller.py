@@ -95,6 +95,7 @@ class Controller:
         if schedule is not None and schedule.momentum(0, total_steps or 1) is not None:
             knobs.add(Knob.MOMENTUM)
         self.actuator = Actuator(self.handles, sorted(knobs, key=lambda k: k.value))
+        self._shared_lr = any(f.shared_lr for f in self.actuator.families.values())
         if schedule is not None:
             _refuse_double_warmup(schedule, total_steps or 1, self.actuator)
         self.arbiter = Arbiter(arbiter)
@@ -177,13 +178,16 @@ class Controller:
                 readings.update(probe.before_step(ctx))
         self.signals.record(self.step, _transfer(readings))
 
+        # The groups hold the user's values until the actuator applies: read them once.
+        raw = self.actuator.bases()
+        bases = self._plan(raw)
         view = PolicyView(
             step=self.step,
             total_steps=self.total_steps,
             signals=self.signals,
             groups=self.group_names,
             multipliers=dict(self.multipliers),
-            bases=self.planned_bases(),
+            bases=bases,
             rewound_at=self._rewound_at,
         )
         proposals = []
@@ -196,17 +200,17 @@ class Controller:
             proposals, step=self.step, groups=self.group_names, multipliers=self.multipliers
         )
         self.rejections.extend(rejections)
-        outcome = self._enact(decisions)
+        outcome = self._enact(decisions, bases)
         if outcome is Outcome.STEPPED and self.signals.fresh("nonfinite/any", self.step) == 1.0:
             outcome = self._veto_nonfinite()
         self._ctx = ctx
+        targets = self._targets(bases)
         if outcome is Outcome.STEPPED:
-            targets = self._targets()
-            self.actuator.apply(targets)
+            self.actuator.apply(targets, bases=raw)
             if self.clip_base is not None:
                 self._clip(targets)
         if self.step % self.log_every == 0:
-            self._log_signals()
+            self._log_signals(targets)
         return outcome
 
     def after_step(self, outcome: Outcome) -> None:
@@ -262,9 +266,10 @@ class Controller:
             sink.write(kind, payload)
 
     # -- effects -----------------------------------------------------------------------
-    def _enact(self, decisions: Sequence[Decision]) -> Outcome:
+    def _enact(
+        self, decisions: Sequence[Decision], bases: Mapping[tuple[Knob, str], float]
+    ) -> Outcome:
         outcome = Outcome.STEPPED
-        bases = self.planned_bases()
         rollback_events, restore_events = [], []
         for decision in decisions:
             proposal = decision.proposal
@@ -302,7 +307,8 @@ class Controller:
             elif proposal.action is Action.RESTORE_BEST:
                 outcome = Outcome.ROLLED_BACK
                 restore_events.append(proposal)
-        self._couple_shared_lr(bases)
+        if self._shared_lr:
+            self._couple_shared_lr(bases)
         if outcome is not Outcome.STEPPED:
             self._last_incident = self.step
         if rollback_events:
@@ -441,7 +447,11 @@ class Controller:
 
     def planned_bases(self) -> dict[tuple[Knob, str], float]:
         """The user's base values after the trimtab schedule, before adaptation."""
-        bases = self.actuator.bases()
+        return self._plan(self.actuator.bases())
+
+    def _plan(self, raw: Mapping[tuple[Knob, str], float]) -> dict[tuple[Knob, str], float]:
+        """``raw`` (the groups' values) with the trimtab schedule applied (a new dict)."""
+        bases = dict(raw)
         if self.clip_base is not None:
             bases.update({(Knob.MAX_GRAD_NORM, g): self.clip_base for g in self.group_names})
         if self.schedule is None:
@@ -456,23 +466,22 @@ class Controller:
                 bases[(knob, group)] = momentum
         return bases
 
-    def _targets(self) -> dict[tuple[Knob, str], float]:
-        return {
-            key: base * self.multipliers.get(key, 1.0) for key, base in self.planned_bases().items()
-        }
+    def _targets(self, bases: Mapping[tuple[Knob, str], float]) -> dict[tuple[Knob, str], float]:
+        return {key: base * self.multipliers.get(key, 1.0) for key, base in bases.items()}
 
     def effective(self) -> dict[str, float]:
-        """Effective value of every knob as ``"knob/group"`` (base x schedule x multiplier)."""
-        return {f"{knob.value}/{group}": v for (knob, group), v in self._targets().items()}
+        """Effective value of every knob as ``"knob/group"`` (base x schedule x multiplier).
 
-    def _log_signals(self) -> None:
+        Reads the user's values from the groups: valid between steps.
+        """
+        return _by_name(self._targets(self.planned_bases()))
+
+    def _log_signals(self, targets: Mapping[tuple[Knob, str], float]) -> None:
+        # the values this step uses, planned before the actuator wrote them (reading the
+        # groups after the write would multiply the multipliers in twice)
         self._write(
             "signals",
-            {
-                "step": self.step,
-                "values": self.signals.snapshot(),
-                "knobs": self.effective(),
-            },
+            {"step": self.step, "values": self.signals.snapshot(), "knobs": _by_name(targets)},
         )
 
     # -- persistence -------------------------------------------------------------------
@@ -567,14 +576,24 @@ def _refuse_double_warmup(schedule: Schedule, total: int, actuator: Actuator) ->
             )
 
 
+def _by_name(values: Mapping[tuple[Knob, str], float]) -> dict[str, float]:
+    return {f"{knob.value}/{group}": v for (knob, group), v in values.items()}
+
+
 def _trainable(handle: GroupHandle) -> tuple[torch.Tensor, ...]:
     return tuple(p for p in handle.group["params"] if p.requires_grad)
 
 
 def _transfer(readings: Mapping[str, torch.Tensor]) -> dict[str, float]:
-    """Move every reading to the host in one transfer (the step's single sync)."""
+    """Move every reading to the host in one transfer (the step's single sync).
+
+    Readings that already live on the CPU need no transfer: each is read as it is
+    (rounded to float32 like the stacked path), which skips the stack's per-value ops.
+    """
     if not readings:
         return {}
+    if all(t.is_cpu for t in readings.values()):
+        return {n: float(t.float()) for n, t in readings.items()}
     names = list(readings)
     device = readings[names[0]].device
     stacked = torch.stack([readings[n].detach().reshape(()).float().to(device) for n in names])

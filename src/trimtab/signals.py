@@ -40,7 +40,10 @@ class Signals:
         for name, value in values.items():
             self._latest[name] = value
             self._updated_at[name] = step
-            self._windows.setdefault(name, deque(maxlen=self.window_size)).append(value)
+            window = self._windows.get(name)
+            if window is None:  # not setdefault: that would build a deque every call
+                window = self._windows[name] = deque(maxlen=self.window_size)
+            window.append(value)
 
     def observe(self, step: int, metrics: Mapping[str, float]) -> None:
         record = {"step": float(step)}

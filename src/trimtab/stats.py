@@ -21,7 +21,10 @@ _Z90 = 1.2816  # the 90th percentile of a standard normal
 
 
 def median(values: Sequence[float]) -> float:
-    ordered = sorted(values)
+    return _median_sorted(sorted(values))
+
+
+def _median_sorted(ordered: Sequence[float]) -> float:
     n = len(ordered)
     if n == 0:
         raise ValueError("median of an empty sequence")
@@ -38,7 +41,10 @@ def robust_range(values: Sequence[float]) -> tuple[float, float]:
 
 def quantile(values: Sequence[float], q: float) -> float:
     """Linear-interpolated ``q``-quantile (0 <= q <= 1) of a non-empty sequence."""
-    ordered = sorted(values)
+    return _quantile_sorted(sorted(values), q)
+
+
+def _quantile_sorted(ordered: Sequence[float], q: float) -> float:
     if not ordered:
         raise ValueError("quantile of an empty sequence")
     position = q * (len(ordered) - 1)
@@ -51,8 +57,10 @@ def upper_range(values: Sequence[float]) -> tuple[float, float]:
     """Return (median, sigma of the upper tail): the larger of the MAD-based sigma and the
     90th-percentile distance, so a right-skewed loss (many easy batches, a few hard ones)
     does not make ordinary hard batches look like spikes."""
-    centre, sigma = robust_range(values)
-    tail = (quantile(values, 0.9) - centre) / _Z90
+    ordered = sorted(values)  # once: the guard calls this every step
+    centre = _median_sorted(ordered)
+    sigma = _MAD_TO_SIGMA * median([abs(v - centre) for v in ordered])
+    tail = (_quantile_sorted(ordered, 0.9) - centre) / _Z90
     return centre, max(sigma, tail)
 
 

@@ -59,12 +59,13 @@ class Actuator:
                     f"{sorted(k.value for k in available)}. Remove those knobs from the "
                     "policies and the schedule, or use an optimizer that has them."
                 )
-        self._bases: dict[tuple[Knob, str], float] = {}
+        self._by_name = {h.name: h for h in self.handles}
+        self._written: list[tuple[GroupHandle, Knob, float]] = []
         self._applied = False
 
     def handle(self, name: str) -> GroupHandle:
         """The handle of group ``name``."""
-        return next(h for h in self.handles if h.name == name)
+        return self._by_name[name]
 
     def lr_siblings(self, name: str) -> tuple[str, ...]:
         """Other groups whose lr must move with group ``name`` (same Prodigy optimizer).
@@ -88,26 +89,37 @@ class Actuator:
             if knob is not Knob.MAX_GRAD_NORM
         }
 
-    def apply(self, targets: Mapping[tuple[Knob, str], float]) -> None:
+    def apply(
+        self,
+        targets: Mapping[tuple[Knob, str], float],
+        *,
+        bases: Mapping[tuple[Knob, str], float] | None = None,
+    ) -> None:
         """Write the effective values ``targets`` (knob, group) -> value; call right before
-        the optimizer step. Values equal to the user's base are left untouched."""
+        the optimizer step. Values equal to the user's base are left untouched.
+
+        ``bases`` are the groups' current values when the caller already read them this
+        step (``bases()``), saving a second read.
+        """
         if self._applied:
             raise RuntimeError("Actuator.apply called twice without restore()")
-        self._bases = self.bases()
+        current = self.bases() if bases is None else bases
+        self._written = []
         for handle in self.handles:
             for knob in self.knobs:
                 key = (knob, handle.name)
-                if key in self._bases and key in targets and targets[key] != self._bases[key]:
+                if key in current and key in targets and targets[key] != current[key]:
                     adapters.write(handle.group, knob, targets[key])
+                    self._written.append((handle, knob, current[key]))
         self._applied = True
 
     def restore(self) -> None:
-        """Put the base values back; call right after the optimizer step."""
+        """Put back the base values ``apply`` replaced; call right after the optimizer step."""
         if not self._applied:
             return
-        for (knob, name), base in self._bases.items():
-            handle = next(h for h in self.handles if h.name == name)
+        for handle, knob, base in self._written:
             adapters.write(handle.group, knob, base)
+        self._written = []
         self._applied = False
 
     @contextmanager

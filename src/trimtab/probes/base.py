@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from trimtab.probes._update import UpdateSnapshot
+
 
 class Cost(str, enum.Enum):
     """Rough price of one measurement, used by presets and the cost table."""
@@ -54,6 +56,8 @@ class StepContext:
     micro_grad_sq_norms: tuple[torch.Tensor, ...] = ()
     micro_batch_size: int | None = None
     _grad_norms: dict[str, torch.Tensor] | None = field(default=None, repr=False)
+    _global_grad_norm: torch.Tensor | None = field(default=None, repr=False)
+    _update: UpdateSnapshot | None = field(default=None, repr=False)
 
     def grad_norms(self) -> dict[str, torch.Tensor]:
         """L2 norm of the gradients of each group (0-dim tensors; no host sync)."""
@@ -66,6 +70,23 @@ class StepContext:
                     norms[group.name] = torch.linalg.vector_norm(torch.stack(per_tensor))
             self._grad_norms = norms
         return self._grad_norms
+
+    def global_grad_norm(self) -> torch.Tensor | None:
+        """L2 norm of all gradients (a 0-dim tensor; None without gradients; no sync)."""
+        if self._global_grad_norm is None:
+            norms = list(self.grad_norms().values())
+            if len(norms) == 1:
+                self._global_grad_norm = norms[0]  # one group: its norm is the global one
+            elif norms:
+                self._global_grad_norm = torch.linalg.vector_norm(torch.stack(norms))
+        return self._global_grad_norm
+
+    def update_snapshot(self) -> UpdateSnapshot:
+        """The weights before this step, copied once for every probe that asks (call it
+        in ``before_step``; ``finish`` it in ``after_step`` to get minus the update)."""
+        if self._update is None:
+            self._update = UpdateSnapshot(self.groups)
+        return self._update
 
 
 class Probe:

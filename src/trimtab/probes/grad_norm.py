@@ -23,5 +23,5 @@ class GradNormProbe(Probe):
         if not norms:
             return {}
         out = {f"grad_norm/{name}": norm for name, norm in norms.items()}
-        out["grad_norm/global"] = torch.linalg.vector_norm(torch.stack(list(norms.values())))
+        out["grad_norm/global"] = ctx.global_grad_norm()  # type: ignore[assignment]
         return out

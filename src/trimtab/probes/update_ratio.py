@@ -10,42 +10,46 @@ from collections.abc import Sequence
 
 import torch
 
+from trimtab.probes._update import UpdateSnapshot
 from trimtab.probes.base import Cost, Probe, StepContext
 
 
 class UpdateRatioProbe(Probe):
     """Emits ``update_ratio/<group>`` = ||w_after - w_before|| / ||w_before||.
 
-    Copies the group's weights before a due step (hence its moderate cost and a cadence
-    of 10 steps by default).
+    Measures the very first update (a learning rate 100x too large shows at once) and
+    then the update of every ``every``-th step, the one just before steps ``every``,
+    ``2 every``, ...: the alignment probe copies the weights on those steps too (its
+    cadence divides this one by default), so the two share one copy of the weights.
     """
 
     name = "update_ratio"
     cost = Cost.MODERATE
 
-    def __init__(self, *, every: int = 10) -> None:
+    def __init__(self, *, every: int = 9) -> None:
         super().__init__(every=every)
-        self._before: dict[str, list[torch.Tensor]] = {}
+        self._snapshot: UpdateSnapshot | None = None
+        self._weights: dict[str, torch.Tensor] = {}
+
+    def due(self, step: int) -> bool:
+        return step == 0 or (step + 1) % self.every == 0
 
     def signals(self, groups: Sequence[str]) -> tuple[str, ...]:
         return tuple(f"update_ratio/{g}" for g in groups)
 
     def before_step(self, ctx: StepContext) -> dict[str, torch.Tensor]:
-        self._before = {
-            g.name: [p.detach().clone() for p in g.params] for g in ctx.groups if g.params
-        }
+        self._snapshot = ctx.update_snapshot()
+        self._weights = self._snapshot.weight_norms()
         return {}
 
     def after_step(self, ctx: StepContext) -> dict[str, torch.Tensor]:
-        out: dict[str, torch.Tensor] = {}
-        for group in ctx.groups:
-            before = self._before.get(group.name)
-            if not before:
-                continue
-            after = [p.detach() for p in group.params]
-            deltas = torch._foreach_sub(after, before)
-            delta = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(deltas)))
-            weight = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(before)))
-            out[f"update_ratio/{group.name}"] = delta / weight.clamp_min(1e-12)
-        self._before = {}
-        return out
+        snapshot, self._snapshot = self._snapshot, None
+        weights, self._weights = self._weights, {}
+        if snapshot is None:
+            return {}
+        minus_update = snapshot.finish(ctx.groups)
+        return {
+            f"update_ratio/{name}": minus_update[name].norm() / weight.clamp_min(1e-12)
+            for name, weight in weights.items()
+            if name in minus_update
+        }
