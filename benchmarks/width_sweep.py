@@ -4,12 +4,14 @@
 
 - an MLP on sklearn digits at 5 widths spanning 16x (32 ... 512) and 3 depths (2, 4, 8
   hidden layers: 4x) at width 128;
-- the small causal transformer of ``benchmarks.tasks`` (``_TinyLM``, 2 blocks, 4 heads,
-  characters of stdlib source) at 5 widths spanning 16x (16 ... 256);
+- a small causal transformer (``benchmarks.width_lm.WidthLM``: ``_TinyLM``'s architecture,
+  2 blocks, 4 heads, with its attention scale exposed; characters of stdlib source) at 5
+  widths spanning 16x (16 ... 256);
 
 each with the standard parametrization (PyTorch init, one AdamW LR for every parameter,
 weight decay 0.01) and with trimtab's recipe (``init_`` + ``recipe``: muP per-layer LRs
-around base width 16/32, decay by timescale, size-aware clip and warmup), and on the MLP
+around base width 16/32, decay by timescale, size-aware clip and warmup; on the
+transformer also muP's attention scale, ``trimtab.attention_scale``), and on the MLP
 also with the ``mup`` package (``MuReadout`` + ``MuAdamW``) when it is installed. Both
 arms use the same warmup + cosine schedule shape and clip the global gradient norm
 (1.0 standard, the recipe's own threshold). The full run writes the "Width transfer"
@@ -34,7 +36,8 @@ from torch import nn
 from torch.nn import functional as F
 
 import trimtab
-from benchmarks.tasks import _corpus, _digits, _TinyLM
+from benchmarks.tasks import _corpus, _digits
+from benchmarks.width_lm import INIT_ACTIVATIONS, WidthLM
 from benchmarks.width_report import (
     END,
     START,
@@ -70,10 +73,11 @@ def _mup_mlp(width: int, depth: int) -> nn.Module:
 
 
 def _optimizer(arm: str, model: nn.Module, lr: float, steps: int, base: int, **recipe_kw):
-    """(optimizer, clip threshold, warmup steps) for one arm."""
+    """(optimizer, clip threshold, warmup steps) for one arm; the recipe arm inits first."""
     warmup = max(1, round(0.02 * steps))
     if arm == "recipe":
-        trimtab.init_(model, skip=("",))
+        init_kw = recipe_kw.pop("init_kw", {})
+        trimtab.init_(model, skip=("",), **init_kw)
         opt, report = trimtab.recipe(model, lr=lr, total_steps=steps, base_width=base, **recipe_kw)
         return opt, report.max_grad_norm, report.warmup_steps
     if arm == "mup":
@@ -81,6 +85,33 @@ def _optimizer(arm: str, model: nn.Module, lr: float, steps: int, base: int, **r
 
         return MuAdamW(model.parameters(), lr=lr, weight_decay=0.01), 1.0, warmup
     return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01), 1.0, warmup
+
+
+@dataclass(frozen=True)
+class LMArm:
+    """One way to build and train the transformer (the ablations vary one thing each)."""
+
+    recipe: bool
+    mup_attention: bool = False  # logits x attention_scale(head_dim, base_head_dim)
+    zero_query: bool = False  # Tensor Programs V, App. D: start the query projection at 0
+    readout_multiplier: float = 1.0
+
+
+LM_ARMS = {
+    "standard": LMArm(recipe=False),
+    "recipe": LMArm(recipe=True, mup_attention=True),
+    # ablations: python -m benchmarks.width_sweep --lm-arms recipe recipe_sqrt_attention ...
+    "recipe_sqrt_attention": LMArm(recipe=True),
+    "recipe_zero_query": LMArm(recipe=True, mup_attention=True, zero_query=True),
+}
+HEADS = 4
+
+
+def _lm_model(arm: LMArm, vocab: int, width: int, context: int) -> WidthLM:
+    scale = None
+    if arm.mup_attention:
+        scale = trimtab.attention_scale(width // HEADS, base_head_dim=LM_BASE // HEADS)
+    return WidthLM(vocab, width, context, heads=HEADS, scale=scale)
 
 
 def _train(model, opt, clip: float, warmup: int, steps: int, batch, loss_fn) -> bool:
@@ -142,13 +173,30 @@ def _lm_data() -> tuple[torch.Tensor, int]:
 
 
 def run_lm(arm: str, width: int, lr: float, steps: int, seed: int, context: int = 32) -> float:
-    """Validation loss of ``_TinyLM`` after ``steps`` updates of 16 x 32 characters."""
+    """Validation loss of ``WidthLM`` after ``steps`` updates of 16 x 32 characters."""
     data, vocab = _lm_data()
     split = int(0.9 * len(data))
     train, val = data[:split], data[split:]
     torch.manual_seed(seed)
-    model = _TinyLM(vocab, width=width, context=context)
-    opt, clip, warmup = _optimizer(arm, model, lr, steps, LM_BASE, roles={"position": "embedding"})
+    how = LM_ARMS[arm]
+    model = _lm_model(how, vocab, width, context)
+    if how.recipe:
+        opt, clip, warmup = _optimizer(
+            "recipe",
+            model,
+            lr,
+            steps,
+            LM_BASE,
+            roles={"position": "embedding"},
+            readout_multiplier=how.readout_multiplier,
+            init_kw={"activations": INIT_ACTIVATIONS, "depth": len(model.blocks)},
+        )
+        if how.zero_query:
+            with torch.no_grad():
+                for block in model.blocks:
+                    block.attn.qkv.weight[:width].zero_()
+    else:
+        opt, clip, warmup = _optimizer("standard", model, lr, steps, LM_BASE)
 
     def windows(source: torch.Tensor, starts: torch.Tensor):
         x = torch.stack([source[s : s + context] for s in starts])
@@ -212,9 +260,20 @@ QUICK = Plan(
 Cell = tuple[str, str, int, float, int, int]  # sweep, arm, size, lr, seed, steps
 
 
-def cells(plan: Plan, arms: tuple[str, ...]) -> dict[str, list[Cell]]:
-    """Every training run of the plan, per sweep."""
-    lm_arms = tuple(a for a in arms if a != "mup")  # the mup package arm is MLP-only
+SWEEPS = ("mlp_width", "mlp_depth", "transformer_width")
+
+
+def cells(
+    plan: Plan,
+    arms: tuple[str, ...],
+    *,
+    lm_arms: tuple[str, ...] = ("standard", "recipe"),
+    sweeps: tuple[str, ...] = SWEEPS,
+) -> dict[str, list[Cell]]:
+    """Every training run of the plan, per sweep (``arms`` for the MLP ones)."""
+    unknown = sorted(set(lm_arms) - set(LM_ARMS)) + sorted(set(sweeps) - set(SWEEPS))
+    if unknown:
+        raise ValueError(f"unknown {unknown}; transformer arms {list(LM_ARMS)}, sweeps {SWEEPS}")
     grids = {
         "mlp_width": (arms, plan.widths, plan.lrs, plan.seeds, plan.mlp_steps),
         "mlp_depth": (arms, plan.depths, plan.lrs, plan.seeds, plan.mlp_steps),
@@ -229,6 +288,7 @@ def cells(plan: Plan, arms: tuple[str, ...]) -> dict[str, list[Cell]]:
             for seed in seeds
         ]
         for name, (grid_arms, sizes, lrs, seeds, steps) in grids.items()
+        if name in sweeps
     }
 
 
@@ -288,10 +348,16 @@ def execute(todo: list[Cell], *, out: Path | None, workers: int) -> dict[Cell, t
 
 
 def measure(
-    plan: Plan, arms: tuple[str, ...], *, out: Path | None = None, workers: int = 1
+    plan: Plan,
+    arms: tuple[str, ...],
+    *,
+    lm_arms: tuple[str, ...] = ("standard", "recipe"),
+    sweeps: tuple[str, ...] = SWEEPS,
+    out: Path | None = None,
+    workers: int = 1,
 ) -> tuple[list[Sweep], float]:
-    """The three sweeps of ``plan`` and the summed training seconds of their cells."""
-    per_sweep = cells(plan, arms)
+    """The sweeps of ``plan`` and the summed training seconds of their cells."""
+    per_sweep = cells(plan, arms, lm_arms=lm_arms, sweeps=sweeps)
     done = execute([c for group in per_sweep.values() for c in group], out=out, workers=workers)
     axes = {"mlp_width": "width", "mlp_depth": "depth", "transformer_width": "width"}
     results = []
@@ -330,10 +396,12 @@ def section(results: list[Sweep], *, plan: Plan, seconds: float, wall: float, mu
         f"{fmt_lr(min(plan.lrs))}-{fmt_lr(max(plan.lrs))} (MLP), "
         f"{fmt_lr(min(plan.lm_lrs))}-{fmt_lr(max(plan.lm_lrs))} (transformer). MLP: sklearn "
         f"digits, loss on the full set after {plan.mlp_steps} steps of batch 64, mean of "
-        f"{len(plan.seeds)} seeds. Transformer: `_TinyLM` of `benchmarks/tasks.py` (2 "
-        f"blocks, 4 heads), validation loss after {plan.lm_steps} steps of 16 x 32 "
-        f"characters, mean of {len(plan.lm_seeds)} seed(s) per cell before picking the "
-        "best LR.",
+        f"{len(plan.seeds)} seeds. Transformer: `WidthLM` of `benchmarks/width_lm.py` "
+        "(`_TinyLM`'s architecture: 2 blocks, 4 heads, pre-norm, 4x ReLU MLP; the recipe "
+        "arm also scales attention logits by `trimtab.attention_scale(head_dim, "
+        "base_head_dim=4)`, muP's 1/head_dim), validation loss after "
+        f"{plan.lm_steps} steps of 16 x 32 characters, mean of {len(plan.lm_seeds)} "
+        "seed(s) per cell before picking the best LR.",
         "",
     ]
     for result in results:
@@ -364,19 +432,39 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="benchmarks/out/width_sweep", help="cache of cells")
     parser.add_argument("--results", default="benchmarks/RESULTS.md")
     parser.add_argument("--plots", default=str(PLOTS), help="folder for the PNGs")
+    parser.add_argument("--sweeps", nargs="*", default=list(SWEEPS), choices=SWEEPS)
+    parser.add_argument(
+        "--lm-arms",
+        nargs="*",
+        default=["standard", "recipe"],
+        choices=list(LM_ARMS),
+        help="transformer arms (ablations print only: RESULTS.md is written for the default)",
+    )
     args = parser.parse_args(argv)
     started = time.perf_counter()
     mup = _mup_status()
     arms = ("standard", "recipe") + (("mup",) if mup.startswith("installed") else ())
     plan = QUICK if args.quick else FULL
-    results, seconds = measure(plan, arms, out=Path(args.out), workers=args.workers)
+    results, seconds = measure(
+        plan,
+        arms,
+        lm_arms=tuple(args.lm_arms),
+        sweeps=tuple(args.sweeps),
+        out=Path(args.out),
+        workers=args.workers,
+    )
     wall = time.perf_counter() - started
     for result in results:
         print(f"\n{result.name}")
         print("\n".join(table(result)))
     print("\n".join(line for r in results for line in verdict(r)))
     print(f"{wall:.0f} s wall, {seconds:.0f} s of training summed over runs")
-    if not args.quick:
+    for result in results:
+        if result.name == "transformer_width":
+            for arm in result.arms[2:]:
+                print("\n".join(verdict(result, arm)))
+    default = list(SWEEPS) == args.sweeps and args.lm_arms == ["standard", "recipe"]
+    if not args.quick and default:
         for result in results:
             plot(result, Path(args.plots))
         text = section(results, plan=plan, seconds=seconds, wall=wall, mup=mup)

@@ -3,7 +3,11 @@
 import math
 
 import pytest
-from benchmarks import width_report, width_sweep
+import torch
+from benchmarks import width_lm, width_report, width_sweep
+from benchmarks.tasks import _TinyLM
+
+import trimtab
 
 TINY = width_sweep.Plan(
     widths=(8, 16),
@@ -86,3 +90,42 @@ def test_a_censored_optimum_is_never_called_met():
     assert "NOT met" in first and "Censored" in first
     result.runs[("recipe", 16, 0.2)] = [math.inf]
     assert result.loss("recipe", 16, 0.2) == math.inf
+
+
+def test_width_lm_is_tiny_lm_with_the_scale_exposed():
+    torch.manual_seed(0)
+    old, new = _TinyLM(30, width=32, context=8), width_lm.WidthLM(30, 32, 8)
+    renames = {
+        "blocks.layers.": "blocks.",
+        "self_attn.in_proj_weight": "attn.qkv.weight",
+        "self_attn.in_proj_bias": "attn.qkv.bias",
+        "self_attn.out_proj": "attn.out",
+        "linear1": "mlp.0",
+        "linear2": "mlp.2",
+    }
+    state = {}
+    for key, value in old.state_dict().items():
+        for a, b in renames.items():
+            key = key.replace(a, b)
+        state[key] = value
+    del state["mask"]
+    new.load_state_dict(state)
+    tokens = torch.randint(30, (2, 8))
+    torch.testing.assert_close(new(tokens), old(tokens))
+    for block in new.blocks:
+        block.attn.scale = 8**-0.5  # head_dim 8: the standard scale, written out
+    torch.testing.assert_close(new(tokens), old(tokens))
+
+
+@pytest.mark.parametrize("arm", sorted(width_sweep.LM_ARMS))
+def test_every_transformer_arm_trains(arm):
+    assert math.isfinite(width_sweep.run_lm(arm, 16, 1e-2, 2, 0))
+
+
+def test_the_recipe_arm_uses_the_mup_attention_scale():
+    _, vocab = width_sweep._lm_data()
+    model = width_sweep._lm_model(width_sweep.LM_ARMS["recipe"], vocab, 64, 8)
+    base = width_sweep.LM_BASE // width_sweep.HEADS
+    assert model.blocks[0].attn.scale == trimtab.attention_scale(16, base_head_dim=base)
+    standard = width_sweep._lm_model(width_sweep.LM_ARMS["standard"], vocab, 64, 8)
+    assert standard.blocks[0].attn.scale is None
