@@ -239,11 +239,11 @@ FULL = Plan(
     depths=(2, 4, 8),
     lm_widths=(16, 32, 64, 128, 256),
     lrs=tuple(2.0**k for k in range(-12, 1)),
-    lm_lrs=tuple(2.0**k for k in range(-12, -3)),
+    lm_lrs=tuple(2.0**k for k in range(-12, 0)),  # to 0.5: no optimum on the edge
     mlp_steps=300,
     lm_steps=200,
     seeds=(0, 1),
-    lm_seeds=(0,),
+    lm_seeds=(0, 1),
 )
 QUICK = Plan(
     widths=(32, 128, 512),
