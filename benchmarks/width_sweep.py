@@ -317,15 +317,18 @@ def _work(job: tuple[Cell, str | None]) -> tuple[Cell, float, float]:
     return cell, loss, seconds
 
 
-def execute(todo: list[Cell], *, out: Path | None, workers: int) -> dict[Cell, tuple[float, float]]:
-    """(loss, seconds) per cell; cells cached under ``out`` are read, not rerun."""
-    done: dict[Cell, tuple[float, float]] = {}
+Done = dict[Cell, tuple[float, float, bool]]  # loss, training seconds, read from the cache
+
+
+def execute(todo: list[Cell], *, out: Path | None, workers: int) -> Done:
+    """(loss, seconds, cached) per cell; cells cached under ``out`` are read, not rerun."""
+    done: Done = {}
     jobs: list[tuple[Cell, str | None]] = []
     for cell in todo:
         path = None if out is None else out / f"{_key(cell)}.json"
         if path is not None and path.exists():
             record = json.loads(path.read_text())
-            done[cell] = (float(record["loss"]), float(record["seconds"]))
+            done[cell] = (float(record["loss"]), float(record["seconds"]), True)
         else:
             jobs.append((cell, None if path is None else str(path)))
     if out is not None:
@@ -338,7 +341,7 @@ def execute(todo: list[Cell], *, out: Path | None, workers: int) -> dict[Cell, t
         results = pool.imap_unordered(_work, jobs)
     started = time.perf_counter()
     for i, (cell, loss, seconds) in enumerate(results, start=1):
-        done[cell] = (loss, seconds)
+        done[cell] = (loss, seconds, False)
         if out is not None and (i % 25 == 0 or i == len(jobs)):
             print(f"  {i}/{len(jobs)} cells, {time.perf_counter() - started:.0f} s", flush=True)
     if workers > 1:
@@ -355,8 +358,8 @@ def measure(
     sweeps: tuple[str, ...] = SWEEPS,
     out: Path | None = None,
     workers: int = 1,
-) -> tuple[list[Sweep], float]:
-    """The sweeps of ``plan`` and the summed training seconds of their cells."""
+) -> tuple[list[Sweep], tuple[float, float]]:
+    """The sweeps of ``plan``, and the training seconds of their cells: (summed, cached)."""
     per_sweep = cells(plan, arms, lm_arms=lm_arms, sweeps=sweeps)
     done = execute([c for group in per_sweep.values() for c in group], out=out, workers=workers)
     axes = {"mlp_width": "width", "mlp_depth": "depth", "transformer_width": "width"}
@@ -373,11 +376,20 @@ def measure(
         for cell in group:
             result.runs.setdefault(cell[1:4], []).append(done[cell][0])
         results.append(result)
-    return results, sum(seconds for _, seconds in done.values())
+    summed = sum(seconds for _, seconds, _ in done.values())
+    return results, (summed, sum(seconds for _, seconds, cached in done.values() if cached))
 
 
 # -- the RESULTS.md section --------------------------------------------------------------
-def section(results: list[Sweep], *, plan: Plan, seconds: float, wall: float, mup: str) -> str:
+def section(
+    results: list[Sweep],
+    *,
+    plan: Plan,
+    seconds: tuple[float, float],
+    wall: float,
+    workers: int,
+    mup: str,
+) -> str:
     day = datetime.date.today().isoformat()
     lines = [
         START,
@@ -385,7 +397,10 @@ def section(results: list[Sweep], *, plan: Plan, seconds: float, wall: float, mu
         "## Width transfer",
         "",
         f"`python -m benchmarks.width_sweep` ({day}, CPU, one thread per run: "
-        f"{seconds / 60:.1f} min of training summed over runs, {wall / 60:.1f} min wall). "
+        f"{sum(len(v) for r in results for v in r.runs.values())} training runs, "
+        f"{seconds[0] / 60:.1f} min summed, {workers} at a time on a shared 2-core machine; "
+        f"the last invocation took {wall / 60:.1f} min wall and read "
+        f"{seconds[1] / 60:.1f} min of runs from the cell cache). "
         "Tune the base LR on the smallest model, then grow it: does the best LR stay put, "
         "and does the loss at the tuned LR improve with width? Arms: *standard* (PyTorch "
         "init, one AdamW LR, wd 0.01, clip 1.0), *recipe* (`trimtab.init_` + "
@@ -458,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{result.name}")
         print("\n".join(table(result)))
     print("\n".join(line for r in results for line in verdict(r)))
-    print(f"{wall:.0f} s wall, {seconds:.0f} s of training summed over runs")
+    print(f"{wall:.0f} s wall; training summed {seconds[0]:.0f} s, {seconds[1]:.0f} s cached")
     for result in results:
         if result.name == "transformer_width":
             for arm in result.arms[2:]:
@@ -467,7 +482,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.quick and default:
         for result in results:
             plot(result, Path(args.plots))
-        text = section(results, plan=plan, seconds=seconds, wall=wall, mup=mup)
+        text = section(
+            results, plan=plan, seconds=seconds, wall=wall, workers=args.workers, mup=mup
+        )
         write_section(Path(args.results), text)
     return 0
 

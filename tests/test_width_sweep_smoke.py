@@ -33,7 +33,7 @@ def measured(tmp_path_factory):
 def test_every_cell_is_trained_once_per_seed_with_finite_losses(measured):
     results, seconds, _ = measured
     assert [r.name for r in results] == ["mlp_width", "mlp_depth", "transformer_width"]
-    assert seconds > 0
+    assert seconds[0] > 0 and seconds[1] == 0.0  # nothing was cached yet
     for result in results:
         assert result.arms == ARMS
         assert result.seeds == (0, 1)
@@ -56,8 +56,9 @@ def test_the_cache_is_read_back_instead_of_retraining(measured, monkeypatch):
         raise AssertionError(f"cell {cell} was retrained")
 
     monkeypatch.setattr(width_sweep, "run_cell", refuse)
-    again, _ = width_sweep.measure(TINY, ARMS, out=out, workers=1)
+    again, seconds = width_sweep.measure(TINY, ARMS, out=out, workers=1)
     assert [r.runs for r in again] == [r.runs for r in results]
+    assert seconds[0] == pytest.approx(seconds[1]) and seconds[1] > 0
 
 
 def test_report_tables_verdicts_section_and_plots(measured, tmp_path):
@@ -67,7 +68,9 @@ def test_report_tables_verdicts_section_and_plots(measured, tmp_path):
         assert len(lines) == 2 + len(result.sizes) + 1
         assert all(line.count("|") == lines[0].count("|") for line in lines[1:-1])
         assert any("target" in v for v in width_report.verdict(result))
-    text = width_sweep.section(results, plan=TINY, seconds=seconds, wall=1.0, mup="absent")
+    text = width_sweep.section(
+        results, plan=TINY, seconds=seconds, wall=1.0, workers=1, mup="absent"
+    )
     assert text.startswith(width_report.START) and text.endswith(width_report.END)
     assert "mean of 2 seed(s)" in text and "### transformer_width" in text
     path = tmp_path / "RESULTS.md"
