@@ -4,12 +4,14 @@
 
 - an MLP on sklearn digits at 5 widths spanning 16x (32 ... 512) and 3 depths (2, 4, 8
   hidden layers: 4x) at width 128;
-- the small causal transformer of ``benchmarks.tasks`` (``_TinyLM``, 2 blocks, 4 heads,
-  characters of stdlib source) at 5 widths spanning 16x (16 ... 256);
+- a small causal transformer (``benchmarks.width_lm.WidthLM``: ``_TinyLM``'s architecture,
+  2 blocks, 4 heads, with its attention scale exposed; characters of stdlib source) at 5
+  widths spanning 16x (16 ... 256);
 
 each with the standard parametrization (PyTorch init, one AdamW LR for every parameter,
 weight decay 0.01) and with trimtab's recipe (``init_`` + ``recipe``: muP per-layer LRs
-around base width 16/32, decay by timescale, size-aware clip and warmup), and on the MLP
+around base width 16/32, decay by timescale, size-aware clip and warmup; on the
+transformer also muP's attention scale, ``trimtab.attention_scale``), and on the MLP
 also with the ``mup`` package (``MuReadout`` + ``MuAdamW``) when it is installed. Both
 arms use the same warmup + cosine schedule shape and clip the global gradient norm
 (1.0 standard, the recipe's own threshold). The full run writes the "Width transfer"
@@ -20,10 +22,12 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import math
+import multiprocessing as mp
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
@@ -32,31 +36,21 @@ from torch import nn
 from torch.nn import functional as F
 
 import trimtab
-from benchmarks.tasks import _corpus, _digits, _TinyLM
+from benchmarks.tasks import _corpus, _digits
+from benchmarks.width_lm import INIT_ACTIVATIONS, WidthLM
+from benchmarks.width_report import (
+    END,
+    START,
+    Sweep,
+    fmt_lr,
+    plot,
+    table,
+    verdict,
+    write_section,
+)
 
-START, END = "<!-- width:start -->", "<!-- width:end -->"
 PLOTS = Path("benchmarks/plots/width_sweep")
 MLP_BASE, LM_BASE = 32, 16
-
-
-@dataclass
-class Sweep:
-    """Loss per (arm, size, lr); ``axis`` is what varies ("width" or "depth")."""
-
-    name: str
-    axis: str
-    sizes: tuple[int, ...]
-    lrs: tuple[float, ...]
-    arms: tuple[str, ...]
-    loss: dict[tuple[str, int, float], float] = field(default_factory=dict)
-
-    def best_lr(self, arm: str, size: int) -> float:
-        return min(self.lrs, key=lambda lr: self.loss[(arm, size, lr)])
-
-    def shift(self, arm: str) -> float:
-        """Largest / smallest best LR across sizes (1 = the optimum never moved)."""
-        best = [self.best_lr(arm, s) for s in self.sizes]
-        return max(best) / min(best)
 
 
 # -- models and optimizers -------------------------------------------------------------
@@ -79,10 +73,11 @@ def _mup_mlp(width: int, depth: int) -> nn.Module:
 
 
 def _optimizer(arm: str, model: nn.Module, lr: float, steps: int, base: int, **recipe_kw):
-    """(optimizer, clip threshold, warmup steps) for one arm."""
+    """(optimizer, clip threshold, warmup steps) for one arm; the recipe arm inits first."""
     warmup = max(1, round(0.02 * steps))
     if arm == "recipe":
-        trimtab.init_(model, skip=("",))
+        init_kw = recipe_kw.pop("init_kw", {})
+        trimtab.init_(model, skip=("",), **init_kw)
         opt, report = trimtab.recipe(model, lr=lr, total_steps=steps, base_width=base, **recipe_kw)
         return opt, report.max_grad_norm, report.warmup_steps
     if arm == "mup":
@@ -90,6 +85,33 @@ def _optimizer(arm: str, model: nn.Module, lr: float, steps: int, base: int, **r
 
         return MuAdamW(model.parameters(), lr=lr, weight_decay=0.01), 1.0, warmup
     return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01), 1.0, warmup
+
+
+@dataclass(frozen=True)
+class LMArm:
+    """One way to build and train the transformer (the ablations vary one thing each)."""
+
+    recipe: bool
+    mup_attention: bool = False  # logits x attention_scale(head_dim, base_head_dim)
+    zero_query: bool = False  # Tensor Programs V, App. D: start the query projection at 0
+    readout_multiplier: float = 1.0
+
+
+LM_ARMS = {
+    "standard": LMArm(recipe=False),
+    "recipe": LMArm(recipe=True, mup_attention=True),
+    # ablations: python -m benchmarks.width_sweep --lm-arms recipe recipe_sqrt_attention ...
+    "recipe_sqrt_attention": LMArm(recipe=True),
+    "recipe_zero_query": LMArm(recipe=True, mup_attention=True, zero_query=True),
+}
+HEADS = 4
+
+
+def _lm_model(arm: LMArm, vocab: int, width: int, context: int) -> WidthLM:
+    scale = None
+    if arm.mup_attention:
+        scale = trimtab.attention_scale(width // HEADS, base_head_dim=LM_BASE // HEADS)
+    return WidthLM(vocab, width, context, heads=HEADS, scale=scale)
 
 
 def _train(model, opt, clip: float, warmup: int, steps: int, batch, loss_fn) -> bool:
@@ -151,13 +173,30 @@ def _lm_data() -> tuple[torch.Tensor, int]:
 
 
 def run_lm(arm: str, width: int, lr: float, steps: int, seed: int, context: int = 32) -> float:
-    """Validation loss of ``_TinyLM`` after ``steps`` updates of 16 x 32 characters."""
+    """Validation loss of ``WidthLM`` after ``steps`` updates of 16 x 32 characters."""
     data, vocab = _lm_data()
     split = int(0.9 * len(data))
     train, val = data[:split], data[split:]
     torch.manual_seed(seed)
-    model = _TinyLM(vocab, width=width, context=context)
-    opt, clip, warmup = _optimizer(arm, model, lr, steps, LM_BASE, roles={"position": "embedding"})
+    how = LM_ARMS[arm]
+    model = _lm_model(how, vocab, width, context)
+    if how.recipe:
+        opt, clip, warmup = _optimizer(
+            "recipe",
+            model,
+            lr,
+            steps,
+            LM_BASE,
+            roles={"position": "embedding"},
+            readout_multiplier=how.readout_multiplier,
+            init_kw={"activations": INIT_ACTIVATIONS, "depth": len(model.blocks)},
+        )
+        if how.zero_query:
+            with torch.no_grad():
+                for block in model.blocks:
+                    block.attn.qkv.weight[:width].zero_()
+    else:
+        opt, clip, warmup = _optimizer("standard", model, lr, steps, LM_BASE)
 
     def windows(source: torch.Tensor, starts: torch.Tensor):
         x = torch.stack([source[s : s + context] for s in starts])
@@ -179,165 +218,218 @@ def run_lm(arm: str, width: int, lr: float, steps: int, seed: int, context: int 
     return final if math.isfinite(final) else math.inf
 
 
-def sweep(name: str, axis: str, sizes, lrs, arms, run: Callable[[str, int, float], float]) -> Sweep:
-    result = Sweep(name, axis, tuple(sizes), tuple(lrs), tuple(arms))
-    for arm in arms:
-        for size in sizes:
-            for lr in lrs:
-                result.loss[(arm, size, lr)] = run(arm, size, lr)
-    return result
+# -- the plan: which cells to train ------------------------------------------------------
+@dataclass(frozen=True)
+class Plan:
+    """Sizes, LR grids, steps and seeds of one sweep run (``FULL``, ``QUICK`` or a test's)."""
+
+    widths: tuple[int, ...]
+    depths: tuple[int, ...]
+    lm_widths: tuple[int, ...]
+    lrs: tuple[float, ...]
+    lm_lrs: tuple[float, ...]
+    mlp_steps: int
+    lm_steps: int
+    seeds: tuple[int, ...]
+    lm_seeds: tuple[int, ...]
 
 
-# -- report ----------------------------------------------------------------------------
-def _fmt(lr: float) -> str:
-    return f"{lr:.2g}"
+FULL = Plan(
+    widths=(32, 64, 128, 256, 512),
+    depths=(2, 4, 8),
+    lm_widths=(16, 32, 64, 128, 256),
+    lrs=tuple(2.0**k for k in range(-12, 1)),
+    lm_lrs=tuple(2.0**k for k in range(-12, 0)),  # to 0.5: no optimum on the edge
+    mlp_steps=300,
+    lm_steps=200,
+    seeds=(0, 1),
+    lm_seeds=(0, 1),
+)
+QUICK = Plan(
+    widths=(32, 128, 512),
+    depths=(2, 8),
+    lm_widths=(16, 64),
+    lrs=tuple(4.0**k for k in range(-6, 1)),
+    lm_lrs=tuple(4.0**k for k in (-5, -4, -3)),
+    mlp_steps=80,
+    lm_steps=30,
+    seeds=(0,),
+    lm_seeds=(0,),
+)
+
+Cell = tuple[str, str, int, float, int, int]  # sweep, arm, size, lr, seed, steps
 
 
-def _loss(value: float) -> str:
-    return "div." if not math.isfinite(value) else f"{value:.3f}"
+SWEEPS = ("mlp_width", "mlp_depth", "transformer_width")
 
 
-def table(result: Sweep) -> list[str]:
-    """Best LR per size per arm, then the loss at the LR each arm tuned on the smallest."""
-    head = f"| {result.axis} | " + " | ".join(
-        f"{arm}: best LR | {arm}: loss at best | {arm}: loss at LR tuned on smallest"
-        for arm in result.arms
-    )
-    lines = [head + " |", "|---" * (1 + 3 * len(result.arms)) + "|"]
-    tuned = {arm: result.best_lr(arm, result.sizes[0]) for arm in result.arms}
-    for size in result.sizes:
-        cells = []
-        for arm in result.arms:
-            best = result.best_lr(arm, size)
-            cells += [
-                _fmt(best),
-                _loss(result.loss[(arm, size, best)]),
-                _loss(result.loss[(arm, size, tuned[arm])]),
-            ]
-        lines.append(f"| {size} | " + " | ".join(cells) + " |")
-    lines.append(
-        "| **optimum moved** | "
-        + " | ".join(f"**{result.shift(arm):.3g}x** | |" for arm in result.arms)
-        + " |"
-    )
-    return lines
-
-
-def verdict(result: Sweep) -> list[str]:
-    """The targets, checked against the numbers (never claimed beyond them)."""
-    lines = []
-    tuned = result.best_lr("recipe", result.sizes[0])
-    losses = [result.loss[("recipe", s, tuned)] for s in result.sizes]
-    worse = [
-        f"{b}: {_loss(lb)} > {a}: {_loss(la)}"
-        for (a, la), (b, lb) in zip(
-            zip(result.sizes, losses, strict=True),
-            zip(result.sizes[1:], losses[1:], strict=True),
-            strict=False,
-        )
-        if lb > la
-    ]
-    shift = result.shift("recipe")
-    if result.axis == "depth":
-        return [
-            f"- {result.name}: best LR moves {shift:.3g}x with the recipe, "
-            f"{result.shift('standard'):.3g}x standard"
-            + (f", {result.shift('mup'):.3g}x mup" if "mup" in result.arms else "")
-            + f" across depths {result.sizes[0]}-{result.sizes[-1]} (no target: muP is a "
-            "width rule and this plain MLP has no residual branches to scale)."
+def cells(
+    plan: Plan,
+    arms: tuple[str, ...],
+    *,
+    lm_arms: tuple[str, ...] = ("standard", "recipe"),
+    sweeps: tuple[str, ...] = SWEEPS,
+) -> dict[str, list[Cell]]:
+    """Every training run of the plan, per sweep (``arms`` for the MLP ones)."""
+    unknown = sorted(set(lm_arms) - set(LM_ARMS)) + sorted(set(sweeps) - set(SWEEPS))
+    if unknown:
+        raise ValueError(f"unknown {unknown}; transformer arms {list(LM_ARMS)}, sweeps {SWEEPS}")
+    grids = {
+        "mlp_width": (arms, plan.widths, plan.lrs, plan.seeds, plan.mlp_steps),
+        "mlp_depth": (arms, plan.depths, plan.lrs, plan.seeds, plan.mlp_steps),
+        "transformer_width": (lm_arms, plan.lm_widths, plan.lm_lrs, plan.lm_seeds, plan.lm_steps),
+    }
+    return {
+        name: [
+            (name, arm, size, lr, seed, steps)
+            for arm in grid_arms
+            for size in sizes
+            for lr in lrs
+            for seed in seeds
         ]
-    lines.append(
-        f"- {result.name}: with the recipe the best LR moves {shift:.3g}x across "
-        f"{result.axis}s {result.sizes[0]}-{result.sizes[-1]} (target <= 2x: "
-        f"{'met' if shift <= 2.0 else 'NOT met'}); standard: {result.shift('standard'):.3g}x"
-        + (f"; mup package: {result.shift('mup'):.3g}x" if "mup" in result.arms else "")
-        + "."
-    )
-    lines.append(
-        f"- {result.name}: loss at the LR tuned on the smallest {result.axis} ({_fmt(tuned)}) "
-        + (
-            "never gets worse as the " + result.axis + " grows (target met)."
-            if not worse
-            else "gets worse at " + "; ".join(worse) + " (target NOT met)."
+        for name, (grid_arms, sizes, lrs, seeds, steps) in grids.items()
+        if name in sweeps
+    }
+
+
+def run_cell(cell: Cell) -> float:
+    """Final loss of one training run (inf if it diverged)."""
+    name, arm, size, lr, seed, steps = cell
+    if name == "transformer_width":
+        return run_lm(arm, size, lr, steps, seed)
+    width, depth = (128, size) if name == "mlp_depth" else (size, 2)
+    return run_mlp(arm, width, depth, lr, steps, seed)
+
+
+def _key(cell: Cell) -> str:
+    name, arm, size, lr, seed, steps = cell
+    return f"{name}__{arm}__{size}__{lr:.6g}__{seed}__{steps}"
+
+
+def _work(job: tuple[Cell, str | None]) -> tuple[Cell, float, float]:
+    cell, path = job
+    torch.set_num_threads(1)  # one core per worker: steadier on a shared machine
+    started = time.perf_counter()
+    loss = run_cell(cell)
+    seconds = time.perf_counter() - started
+    if path is not None:
+        Path(path).write_text(json.dumps({"cell": list(cell), "loss": loss, "seconds": seconds}))
+    return cell, loss, seconds
+
+
+Done = dict[Cell, tuple[float, float, bool]]  # loss, training seconds, read from the cache
+
+
+def execute(todo: list[Cell], *, out: Path | None, workers: int) -> Done:
+    """(loss, seconds, cached) per cell; cells cached under ``out`` are read, not rerun."""
+    done: Done = {}
+    jobs: list[tuple[Cell, str | None]] = []
+    for cell in todo:
+        path = None if out is None else out / f"{_key(cell)}.json"
+        if path is not None and path.exists():
+            record = json.loads(path.read_text())
+            done[cell] = (float(record["loss"]), float(record["seconds"]), True)
+        else:
+            jobs.append((cell, None if path is None else str(path)))
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        print(f"{len(done)} cells cached, {len(jobs)} to run on {workers} workers", flush=True)
+    if workers <= 1:
+        results = map(_work, jobs)
+    else:
+        pool = mp.get_context("spawn").Pool(workers)
+        results = pool.imap_unordered(_work, jobs)
+    started = time.perf_counter()
+    for i, (cell, loss, seconds) in enumerate(results, start=1):
+        done[cell] = (loss, seconds, False)
+        if out is not None and (i % 25 == 0 or i == len(jobs)):
+            print(f"  {i}/{len(jobs)} cells, {time.perf_counter() - started:.0f} s", flush=True)
+    if workers > 1:
+        pool.close()
+        pool.join()
+    return done
+
+
+def measure(
+    plan: Plan,
+    arms: tuple[str, ...],
+    *,
+    lm_arms: tuple[str, ...] = ("standard", "recipe"),
+    sweeps: tuple[str, ...] = SWEEPS,
+    out: Path | None = None,
+    workers: int = 1,
+) -> tuple[list[Sweep], tuple[float, float]]:
+    """The sweeps of ``plan``, and the training seconds of their cells: (summed, cached)."""
+    per_sweep = cells(plan, arms, lm_arms=lm_arms, sweeps=sweeps)
+    done = execute([c for group in per_sweep.values() for c in group], out=out, workers=workers)
+    axes = {"mlp_width": "width", "mlp_depth": "depth", "transformer_width": "width"}
+    results = []
+    for name, group in per_sweep.items():
+        result = Sweep(
+            name,
+            axes[name],
+            tuple(sorted({c[2] for c in group})),
+            tuple(sorted({c[3] for c in group})),
+            tuple(dict.fromkeys(c[1] for c in group)),
+            tuple(sorted({c[4] for c in group})),
         )
-    )
-    return lines
+        for cell in group:
+            result.runs.setdefault(cell[1:4], []).append(done[cell][0])
+        results.append(result)
+    summed = sum(seconds for _, seconds, _ in done.values())
+    return results, (summed, sum(seconds for _, seconds, cached in done.values() if cached))
 
 
-def plot(result: Sweep, directory: Path) -> list[Path]:
-    """Loss against LR, one line per size, one figure per arm."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    paths = []
-    finite = [v for v in result.loss.values() if math.isfinite(v)]
-    top = min(max(finite), 3 * sorted(finite)[len(finite) // 2]) if finite else 1.0
-    for arm in result.arms:
-        fig, ax = plt.subplots(figsize=(5.5, 3.8))
-        for size in result.sizes:
-            ys = [min(result.loss[(arm, size, lr)], top) for lr in result.lrs]
-            ax.plot(result.lrs, ys, marker="o", ms=3, label=f"{result.axis} {size}")
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("base learning rate")
-        ax.set_ylabel("final loss (capped)")
-        ax.set_title(f"{result.name}: {arm}")
-        ax.legend(fontsize=7)
-        directory.mkdir(parents=True, exist_ok=True)
-        path = directory / f"{result.name}_{arm}.png"
-        fig.savefig(path, dpi=90, bbox_inches="tight")
-        plt.close(fig)
-        paths.append(path)
-    return paths
-
-
-def section(results: list[Sweep], *, steps: dict[str, int], seconds: float, mup: str) -> str:
+# -- the RESULTS.md section --------------------------------------------------------------
+def section(
+    results: list[Sweep],
+    *,
+    plan: Plan,
+    seconds: tuple[float, float],
+    wall: float,
+    workers: int,
+    mup: str,
+) -> str:
     day = datetime.date.today().isoformat()
     lines = [
         START,
         "",
         "## Width transfer",
         "",
-        f"`python -m benchmarks.width_sweep` ({day}, CPU, {seconds / 60:.1f} min). Tune the "
-        "base LR on the smallest model, then grow it: does the best LR stay put, and does "
-        "the loss at the tuned LR improve with width? Arms: *standard* (PyTorch init, one "
-        "AdamW LR, wd 0.01, clip 1.0), *recipe* (`trimtab.init_` + `trimtab.recipe`: muP "
-        "LRs per layer around base width 32 (MLP) / 16 (transformer), weight decay by "
-        "timescale (tau = the run), the recipe's clip and warmup), and *mup* (the `mup` "
-        f"package: `MuReadout` + `MuAdamW`, MLP only; {mup}). Same warmup + cosine shape "
-        "for all. LR grid: factor 2. MLP: sklearn digits, loss on the full set after "
-        f"{steps['mlp']} steps of batch 64, mean of 2 seeds. Transformer: `_TinyLM` of "
-        f"`benchmarks/tasks.py` (2 blocks, 4 heads), validation loss after {steps['lm']} "
-        "steps of 16 x 32 characters, 1 seed.",
+        f"`python -m benchmarks.width_sweep` ({day}, CPU, one thread per run: "
+        f"{sum(len(v) for r in results for v in r.runs.values())} training runs, "
+        f"{seconds[0] / 60:.1f} min summed, {workers} at a time on a shared 2-core machine; "
+        f"the last invocation took {wall / 60:.1f} min wall and read "
+        f"{seconds[1] / 60:.1f} min of runs from the cell cache). "
+        "Tune the base LR on the smallest model, then grow it: does the best LR stay put, "
+        "and does the loss at the tuned LR improve with width? Arms: *standard* (PyTorch "
+        "init, one AdamW LR, wd 0.01, clip 1.0), *recipe* (`trimtab.init_` + "
+        "`trimtab.recipe`: muP LRs per layer around base width 32 (MLP) / 16 (transformer), "
+        "weight decay by timescale (tau = the run), the recipe's clip and warmup), and "
+        f"*mup* (the `mup` package: `MuReadout` + `MuAdamW`, MLP only; {mup}). Same warmup "
+        "+ cosine shape for all. LR grid: factor 2, "
+        f"{fmt_lr(min(plan.lrs))}-{fmt_lr(max(plan.lrs))} (MLP), "
+        f"{fmt_lr(min(plan.lm_lrs))}-{fmt_lr(max(plan.lm_lrs))} (transformer). MLP: sklearn "
+        f"digits, loss on the full set after {plan.mlp_steps} steps of batch 64, mean of "
+        f"{len(plan.seeds)} seeds. Transformer: `WidthLM` of `benchmarks/width_lm.py` "
+        "(`_TinyLM`'s architecture: 2 blocks, 4 heads, pre-norm, 4x ReLU MLP; the recipe "
+        "arm also scales attention logits by `trimtab.attention_scale(head_dim, "
+        "base_head_dim=4)`, muP's 1/head_dim), validation loss after "
+        f"{plan.lm_steps} steps of 16 x 32 characters, mean of {len(plan.lm_seeds)} "
+        "seed(s) per cell before picking the best LR.",
         "",
     ]
     for result in results:
         lines += [f"### {result.name}", "", *table(result), ""]
-        lines += [
-            "Plots: "
-            + ", ".join(
-                f"[{arm}](plots/width_sweep/{result.name}_{arm}.png)" for arm in result.arms
-            ),
-            "",
-        ]
+        links = ", ".join(
+            f"[{arm}](plots/width_sweep/{result.name}_{arm}.png)" for arm in result.arms
+        )
+        lines += [f"Plots: {links}", ""]
     lines += ["### Targets", ""]
     for result in results:
         lines += verdict(result)
     lines += ["", END]
     return "\n".join(lines)
-
-
-def write_section(path: Path, text: str) -> None:
-    """Replace the marked section (or append it), leaving the rest of the file alone."""
-    current = path.read_text() if path.exists() else "# Results\n"
-    if START in current and END in current:
-        head, rest = current.split(START, 1)
-        current = head + text + rest.split(END, 1)[1]
-    else:
-        current = current.rstrip() + "\n\n" + text + "\n"
-    path.write_text(current)
 
 
 def _mup_status() -> str:
@@ -350,57 +442,50 @@ def _mup_status() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.width_sweep")
-    parser.add_argument("--quick", action="store_true", help="3 widths, short runs, no write")
+    parser.add_argument("--quick", action="store_true", help="fewer sizes, short runs, no write")
+    parser.add_argument("--workers", type=int, default=2, help="parallel runs, 1 thread each")
+    parser.add_argument("--out", default="benchmarks/out/width_sweep", help="cache of cells")
     parser.add_argument("--results", default="benchmarks/RESULTS.md")
+    parser.add_argument("--plots", default=str(PLOTS), help="folder for the PNGs")
+    parser.add_argument("--sweeps", nargs="*", default=list(SWEEPS), choices=SWEEPS)
+    parser.add_argument(
+        "--lm-arms",
+        nargs="*",
+        default=["standard", "recipe"],
+        choices=list(LM_ARMS),
+        help="transformer arms (ablations print only: RESULTS.md is written for the default)",
+    )
     args = parser.parse_args(argv)
-    torch.set_num_threads(2)
     started = time.perf_counter()
     mup = _mup_status()
     arms = ("standard", "recipe") + (("mup",) if mup.startswith("installed") else ())
-    if args.quick:
-        widths, lm_widths, depths = (32, 128, 512), (16, 64), (2, 8)
-        lrs, lm_lrs, steps, seeds = (
-            [4.0**k for k in range(-6, 1)],
-            [4.0**k for k in (-5, -4, -3)],
-            {"mlp": 80, "lm": 30},
-            (0,),
-        )
-    else:
-        widths, lm_widths, depths = (32, 64, 128, 256, 512), (16, 32, 64, 128, 256), (2, 4, 8)
-        lrs = [2.0**k for k in range(-12, 1)]
-        lm_lrs = [2.0**k for k in range(-12, -3)]
-        steps, seeds = {"mlp": 300, "lm": 200}, (0, 1)
-
-    def mlp_run(depth_axis: bool):
-        def run(arm: str, size: int, lr: float) -> float:
-            width, depth = (128, size) if depth_axis else (size, 2)
-            values = [run_mlp(arm, width, depth, lr, steps["mlp"], s) for s in seeds]
-            return sum(values) / len(values)
-
-        return run
-
-    results = [
-        sweep("mlp_width", "width", widths, lrs, arms, mlp_run(False)),
-        sweep("mlp_depth", "depth", depths, lrs, arms, mlp_run(True)),
-        sweep(
-            "transformer_width",
-            "width",
-            lm_widths,
-            lm_lrs,
-            ("standard", "recipe"),
-            lambda arm, w, lr: run_lm(arm, w, lr, steps["lm"], 0),
-        ),
-    ]
-    seconds = time.perf_counter() - started
+    plan = QUICK if args.quick else FULL
+    results, seconds = measure(
+        plan,
+        arms,
+        lm_arms=tuple(args.lm_arms),
+        sweeps=tuple(args.sweeps),
+        out=Path(args.out),
+        workers=args.workers,
+    )
+    wall = time.perf_counter() - started
     for result in results:
         print(f"\n{result.name}")
         print("\n".join(table(result)))
     print("\n".join(line for r in results for line in verdict(r)))
-    print(f"{seconds:.0f} s")
-    if not args.quick:
+    print(f"{wall:.0f} s wall; training summed {seconds[0]:.0f} s, {seconds[1]:.0f} s cached")
+    for result in results:
+        if result.name == "transformer_width":
+            for arm in result.arms[2:]:
+                print("\n".join(verdict(result, arm)))
+    default = list(SWEEPS) == args.sweeps and args.lm_arms == ["standard", "recipe"]
+    if not args.quick and default:
         for result in results:
-            plot(result, PLOTS)
-        write_section(Path(args.results), section(results, steps=steps, seconds=seconds, mup=mup))
+            plot(result, Path(args.plots))
+        text = section(
+            results, plan=plan, seconds=seconds, wall=wall, workers=args.workers, mup=mup
+        )
+        write_section(Path(args.results), text)
     return 0
 
 

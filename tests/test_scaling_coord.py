@@ -50,7 +50,7 @@ def test_embedding_models_get_token_data_and_bad_input_is_refused():
 
 
 def test_plot_writes_a_file(tmp_path):
-    pytest.importorskip("matplotlib")
+    pytest.importorskip("matplotlib", reason="needs the 'dev' or 'bench' extra")
     check = trimtab.coord_check(_mlp, (16, 32), steps=1)
     path = check.plot(tmp_path / "coord.png")
     assert path.exists() and path.stat().st_size > 1000

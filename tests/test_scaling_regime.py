@@ -58,3 +58,50 @@ def test_the_recipe_report_goes_into_the_run_header(tmp_path):
     assert readout["hyperparameters"]["max_grad_norm"] == report.max_grad_norm
     with pytest.raises(trimtab.ConfigTypeError, match=r"trimtab\.recipe"):
         trimtab.Regime(model, opt, recipe={"groups": []})
+
+
+def _controller(model, **kwargs):
+    from trimtab.controller import Controller
+    from trimtab.log import EventLog
+    from trimtab.regime import _handles
+
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    records = []
+
+    class Keep:
+        def start(self, header):
+            records.append(header)
+
+        def write(self, kind, payload):
+            records.append(payload)
+
+        def close(self):
+            pass
+
+    controller = Controller(
+        model,
+        [opt],
+        _handles([opt]),
+        probes=[trimtab.PROBES["nonfinite"]()],
+        policies=[],
+        total_steps=5,
+        log=EventLog(None),
+        sinks=[Keep()],
+        **kwargs,
+    )
+    return controller, records[0]
+
+
+def test_a_controller_without_an_arbiter_config_sizes_it_to_the_model():
+    # Frameworks that own optimizer.step() build the Controller directly, without Regime.
+    large = nn.Linear(2000, 1000)
+    controller, header = _controller(large)
+    assert controller.arbiter.config == trimtab.ArbiterConfig.for_model_size(2_001_000)
+    assert controller.arbiter.config.bounds[Knob.LR][1] < DEFAULT_BOUNDS[Knob.LR][1]
+    assert header["arbiter_scale"]["parameters"] == 2_001_000
+    frozen = nn.Sequential(nn.Linear(2000, 1000), nn.Linear(1000, 2))
+    frozen[0].requires_grad_(False)  # only trainable parameters count
+    assert _controller(frozen)[0].arbiter.config == trimtab.ArbiterConfig()
+    own = trimtab.ArbiterConfig(cooldown=3)
+    controller, header = _controller(large, arbiter=own)
+    assert controller.arbiter.config is own and "arbiter_scale" not in header

@@ -17,7 +17,15 @@ from trimtab.optimizers import OptimizerDefaults, build_optimizer, optimizer_def
 from trimtab.policies import POLICIES, Plateau, Policy, StabilityGuard
 from trimtab.probes import PROBES, Probe
 from trimtab.regime import Regime
-from trimtab.scaling import CoordCheck, InitRecord, RecipeReport, coord_check, init_, recipe
+from trimtab.scaling import (
+    CoordCheck,
+    InitRecord,
+    RecipeReport,
+    attention_scale,
+    coord_check,
+    init_,
+    recipe,
+)
 from trimtab.types import Event, EventKind, Knob, Outcome, Priority, Proposal
 
 __version__ = "0.1.0"
@@ -48,6 +56,7 @@ __all__ = [
     "StateError",
     "TrimtabError",
     "__version__",
+    "attention_scale",
     "build_optimizer",
     "coord_check",
     "init_",

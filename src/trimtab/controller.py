@@ -16,7 +16,7 @@ import torch
 
 from trimtab import _checks, stats
 from trimtab.actuator import Actuator, GroupHandle
-from trimtab.arbiter import Arbiter, ArbiterConfig
+from trimtab.arbiter import Arbiter, ArbiterConfig, scale_exponent
 from trimtab.errors import ConfigError, ConfigTypeError, StateError
 from trimtab.guard import Guard
 from trimtab.log import EventLog, Sink
@@ -40,7 +40,10 @@ class Controller:
         probes: instantiated probes, run in order.
         policies: instantiated policies, asked in order.
         total_steps: planned number of optimizer steps (``None``: open-ended).
-        arbiter: limits for knob changes.
+        arbiter: limits for knob changes; by default
+            ``ArbiterConfig.for_model_size(trainable parameters of model)``, recorded as
+            ``header["arbiter_scale"]`` (a framework calling the controller directly gets
+            the same size-aware limits as ``Regime``).
         log: the JSONL audit trail (``EventLog(None)`` keeps nothing on disk).
         sinks: further receivers of every log record (TensorBoard, MLflow, ...).
         log_every: cadence of signal snapshots in the log.
@@ -98,6 +101,9 @@ class Controller:
         self._shared_lr = any(f.shared_lr for f in self.actuator.families.values())
         if schedule is not None:
             _refuse_double_warmup(schedule, total_steps or 1, self.actuator)
+        if arbiter is None:
+            arbiter, scale = _sized_arbiter(model)
+            run_info = {**dict(run_info or {}), "arbiter_scale": scale}
         self.arbiter = Arbiter(arbiter)
         self.signals = Signals()
         self.guard = Guard(model, self.optimizers, every=snapshot_every)
@@ -612,3 +618,14 @@ def _action_event(step: int, kind: EventKind, proposal: Any) -> Event:
         kind=kind,
         signals=proposal.signals,
     )
+
+
+def _sized_arbiter(model: torch.nn.Module) -> tuple[ArbiterConfig, dict[str, Any]]:
+    """The default limits for the model's size, and the facts behind them for the header."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    scale = {
+        "parameters": trainable,
+        "exponent": scale_exponent(trainable),
+        "rule": "upward limits ** 1/(1 + 0.25 x decades above 1e6 parameters)",
+    }
+    return ArbiterConfig.for_model_size(max(trainable, 1)), scale

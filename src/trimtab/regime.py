@@ -22,7 +22,7 @@ import torch
 
 from trimtab import _checks
 from trimtab.actuator import GroupHandle
-from trimtab.arbiter import ArbiterConfig, scale_exponent
+from trimtab.arbiter import ArbiterConfig
 from trimtab.controller import Controller
 from trimtab.errors import CallOrderError, ConfigError, ConfigTypeError, StateError
 from trimtab.log import EventLog, Sink
@@ -127,15 +127,7 @@ class Regime:
                 f"recipe must be the report from trimtab.recipe(), got {type(recipe).__name__}; "
                 "use: optimizer, report = trimtab.recipe(model, ...)"
             )
-        run_info: dict[str, Any] = {}
-        if arbiter is None:
-            trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-            arbiter = ArbiterConfig.for_model_size(trainable)
-            run_info["arbiter_scale"] = {
-                "parameters": trainable,
-                "exponent": scale_exponent(trainable),
-                "rule": "upward limits ** 1/(1 + 0.25 x decades above 1e6 parameters)",
-            }
+        run_info: dict[str, Any] = {}  # arbiter=None: the Controller sizes it to the model
         if recipe is not None:
             run_info["recipe"] = recipe.as_dict()
         if isinstance(probes, str):

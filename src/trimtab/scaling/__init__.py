@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from trimtab.scaling.attention import attention_scale
 from trimtab.scaling.coord import CoordCheck, coord_check
 from trimtab.scaling.init import InitRecord, init_
 from trimtab.scaling.recipe import recipe
@@ -14,6 +15,7 @@ __all__ = [
     "InitRecord",
     "ParamInfo",
     "RecipeReport",
+    "attention_scale",
     "classify",
     "coord_check",
     "init_",

@@ -19,6 +19,7 @@ from trimtab import _checks
 from trimtab.errors import ConfigError, ConfigTypeError
 from trimtab.optimizers import optimizer_defaults
 from trimtab.scaling import rules
+from trimtab.scaling.attention import attention_note
 from trimtab.scaling.report import GroupChoice, RecipeReport
 from trimtab.scaling.structure import MATRIX_ROLES, ParamInfo, classify
 
@@ -191,7 +192,7 @@ def recipe(
         warmup_steps=warmup_steps,
         warmup_rule=warmup_rule,
         groups=tuple(choices),
-        notes=_notes(model, infos),
+        notes=_notes(model, infos, base_width),
     )
     return built, report
 
@@ -260,18 +261,16 @@ def _group_names(keys: list[tuple[Any, ...]], keyed: dict[tuple[Any, ...], list[
     return names
 
 
-def _notes(model: nn.Module, infos: list[ParamInfo]) -> tuple[str, ...]:
+def _notes(model: nn.Module, infos: list[ParamInfo], base_width: int) -> tuple[str, ...]:
     notes = []
     others = [i.name for i in infos if i.role == "other"]
     if others:
         notes.append(
             f"unscaled 'other' parameters {others[:4]}: give them a role with roles={{...}}"
         )
-    if any(isinstance(m, nn.MultiheadAttention) for m in model.modules()):
-        notes.append(
-            "attention keeps 1/sqrt(head_dim) logits; muP's 1/head_dim needs a model change "
-            "(transfer across width holds best with a fixed head_dim and more heads)"
-        )
+    attention = attention_note(model, base_width)
+    if attention is not None:
+        notes.append(attention)
     if not any(i.role == "readout" for i in infos):
         notes.append("no readout layer found: pass readout='module name' if there is one")
     return tuple(notes)
