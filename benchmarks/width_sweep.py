@@ -27,7 +27,7 @@ import math
 import multiprocessing as mp
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 
@@ -455,11 +455,16 @@ def main(argv: list[str] | None = None) -> int:
         choices=list(LM_ARMS),
         help="transformer arms (ablations print only: RESULTS.md is written for the default)",
     )
+    parser.add_argument(
+        "--lm-lrs", nargs="*", type=float, help="transformer LR grid (ablations: print only)"
+    )
     args = parser.parse_args(argv)
     started = time.perf_counter()
     mup = _mup_status()
     arms = ("standard", "recipe") + (("mup",) if mup.startswith("installed") else ())
     plan = QUICK if args.quick else FULL
+    if args.lm_lrs:
+        plan = replace(plan, lm_lrs=tuple(sorted(args.lm_lrs)))
     results, seconds = measure(
         plan,
         arms,
@@ -479,6 +484,7 @@ def main(argv: list[str] | None = None) -> int:
             for arm in result.arms[2:]:
                 print("\n".join(verdict(result, arm)))
     default = list(SWEEPS) == args.sweeps and args.lm_arms == ["standard", "recipe"]
+    default = default and not args.lm_lrs
     if not args.quick and default:
         for result in results:
             plot(result, Path(args.plots))
