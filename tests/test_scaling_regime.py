@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 import trimtab
-from trimtab.arbiter import DEFAULT_BOUNDS, DEFAULT_RATE_LIMITS, scale_exponent
-from trimtab.types import Knob, Priority
+from trimtab.arbiter import DEFAULT_BOUNDS, DEFAULT_RATE_LIMITS, Arbiter, scale_exponent
+from trimtab.types import Knob, Priority, Proposal
 
 
 def test_small_models_keep_the_defaults_and_large_ones_get_gentler_upward_limits():
@@ -19,6 +19,8 @@ def test_small_models_keep_the_defaults_and_large_ones_get_gentler_upward_limits
     assert big.bounds[Knob.LR][0] == DEFAULT_BOUNDS[Knob.LR][0]  # cuts stay available
     assert big.rate_limits[Priority.SPEED] == pytest.approx((0.5, 2 ** (1 / 1.5)))
     assert big.rate_limits[Priority.SAFETY] == DEFAULT_RATE_LIMITS[Priority.SAFETY]
+    assert big.bounds[Knob.WEIGHT_DECAY] == pytest.approx((0.1, 10 ** (1 / 1.5)))
+    assert big.rate_limits[Priority.REGULARIZATION] == pytest.approx((0.5, 2 ** (1 / 1.5)))
     sizes = [10**6, 10**7, 10**9, 10**11]
     ceilings = [trimtab.ArbiterConfig.for_model_size(n).bounds[Knob.LR][1] for n in sizes]
     assert ceilings == sorted(ceilings, reverse=True) and ceilings[-1] > 1.0
@@ -105,3 +107,34 @@ def test_a_controller_without_an_arbiter_config_sizes_it_to_the_model():
     own = trimtab.ArbiterConfig(cooldown=3)
     controller, header = _controller(large, arbiter=own)
     assert controller.arbiter.config is own and "arbiter_scale" not in header
+
+
+def test_a_weight_decay_raise_is_smaller_and_capped_lower_on_a_large_model():
+    raise_ = Proposal(
+        "regularization",
+        "r",
+        Priority.REGULARIZATION,
+        knob=Knob.WEIGHT_DECAY,
+        group="g0",
+        factor=2.0,
+    )
+    totals = {}
+    for parameters in (10**5, 10**8):
+        arbiter = Arbiter(
+            trimtab.ArbiterConfig.for_model_size(
+                parameters,
+            )
+        )
+        multipliers: dict = {}
+        firsts = []
+        for step in range(0, 2000, 100):  # past every cooldown and reversal window
+            decisions, _ = arbiter.arbitrate(
+                [raise_], step=step, groups=("g0",), multipliers=multipliers
+            )
+            for d in decisions:
+                firsts.append(d.new / (d.old or 1.0))
+                multipliers[(Knob.WEIGHT_DECAY, "g0")] = d.new
+        totals[parameters] = (firsts[0], multipliers[(Knob.WEIGHT_DECAY, "g0")])
+    assert totals[10**5] == pytest.approx((2.0, 10.0))
+    assert totals[10**8][0] == pytest.approx(2 ** (1 / 1.5))
+    assert totals[10**8][1] == pytest.approx(10 ** (1 / 1.5))

@@ -39,10 +39,13 @@ DEFAULT_BOUNDS: Mapping[Knob, tuple[float, float]] = {
 
 
 # Size rule: models up to SCALE_REFERENCE parameters get the defaults above; beyond it
-# every upward limit (the LR bound's top, each priority's largest factor) is raised to the
-# power 1 / (1 + SCALE_STRENGTH * decades above the reference). Large runs are costly to
-# lose and their stable LR range is narrower relative to a tuned recipe, so speed-ups get
-# gentler and the ceiling lower; the downward limits (safety cuts) stay as they are.
+# every upward limit (the tops of the LR and weight-decay bounds, each priority's largest
+# factor) is raised to the power 1 / (1 + SCALE_STRENGTH * decades above the reference).
+# Large runs are costly to lose and their stable LR range is narrower relative to a tuned
+# recipe, so speed-ups get gentler and the ceiling lower; a weight-decay raise shortens
+# the AdamW timescale 1 / (lr * wd) the recipe chose for the run, so a large model gets
+# smaller raises (the regularization priority's factor) and a lower total. The downward
+# limits (safety cuts) stay as they are.
 SCALE_REFERENCE = 1e6
 SCALE_STRENGTH = 0.25
 
@@ -98,8 +101,9 @@ class ArbiterConfig:
         """The default limits, made more conservative for a model of ``parameters``.
 
         At 1e6 parameters or fewer this is ``ArbiterConfig()``; at 1e8 the LR ceiling is
-        300^(1/1.5) ~ 45x and a speed-up at most 2^(1/1.5) ~ 1.59x per decision; at 1e10,
-        ~17x and 1.41x. Pass your own ``ArbiterConfig`` to ``Regime`` to override.
+        300^(1/1.5) ~ 45x, a speed-up or a weight-decay raise at most 2^(1/1.5) ~ 1.59x
+        per decision and weight decay at most 10^(1/1.5) ~ 4.6x the user's; at 1e10, ~17x,
+        1.41x and 3.2x. Pass your own ``ArbiterConfig`` to ``Regime`` to override.
 
         Example:
             >>> ArbiterConfig.for_model_size(1_000).bounds == ArbiterConfig().bounds
@@ -114,6 +118,8 @@ class ArbiterConfig:
         bounds = dict(DEFAULT_BOUNDS)
         low, high = bounds[Knob.LR]
         bounds[Knob.LR] = (low, high**power)
+        low, high = bounds[Knob.WEIGHT_DECAY]
+        bounds[Knob.WEIGHT_DECAY] = (low, high**power)
         rates = {p: (lo, hi**power) for p, (lo, hi) in DEFAULT_RATE_LIMITS.items()}
         return cls(bounds=bounds, rate_limits=rates)
 

@@ -16,6 +16,12 @@ past its best point on the validation set. The response climbs a ladder:
    another distribution than the training data (a shift still to come) looks the same
    as memorization for a while, and stopping early is the one step that cannot be undone.
 
+Weight decay is scaled with the model's parameter count through the arbiter's size rule
+(``ArbiterConfig.for_model_size``): at 1e6 parameters or fewer a raise is the full
+``decay_factor`` and the total stays within 10x the user's decay; at 1e8, at most 1.59x
+per raise and 4.6x in all. A raise shortens the AdamW timescale 1 / (lr * wd) that the
+recipe sized to the run, and a large run is the costlier one to over-regularize.
+
 A validation metric that worsens while the training loss rises too is not memorization
 (the step size is wrong): that is left to the stability guard and the plateau policy.
 """
