@@ -25,6 +25,16 @@ class Sweep:
     arms: tuple[str, ...]
     seeds: tuple[int, ...]
     runs: dict[tuple[str, int, float], list[float]] = field(default_factory=dict)
+    # a confirmatory re-run at the LR one arm tuned on the smallest size, with more seeds:
+    # per size, the per-seed losses (seeds in the same order at every size, so paired)
+    confirm: dict[int, list[float]] = field(default_factory=dict)
+    confirm_arm: str = "recipe"
+    confirm_seeds: tuple[int, ...] = ()
+
+    def trained(self) -> int:
+        """Training runs behind the sweep (confirmatory seeds the grid has are reused)."""
+        extra = [s for s in self.confirm_seeds if s not in self.seeds] if self.confirm else []
+        return sum(len(v) for v in self.runs.values()) + len(extra) * len(self.confirm)
 
     def loss(self, arm: str, size: int, lr: float) -> float:
         """Mean over seeds; inf when any seed diverged (a diverging LR is not a best LR)."""
@@ -38,6 +48,10 @@ class Sweep:
         """Largest / smallest best LR across sizes (1 = the optimum never moved)."""
         best = [self.best_lr(arm, s) for s in self.sizes]
         return max(best) / min(best)
+
+    def tuned_lr(self, arm: str) -> float:
+        """The LR ``arm`` would pick on the smallest size, kept as the size grows."""
+        return self.best_lr(arm, self.sizes[0])
 
     def at_edge(self, arm: str) -> list[int]:
         """Sizes whose best LR is the grid's lowest or highest value (a censored optimum)."""
@@ -79,6 +93,57 @@ def table(result: Sweep) -> list[str]:
     return lines
 
 
+def _paired(before: list[float], after: list[float]) -> tuple[float, float]:
+    """Mean and standard error of the per-seed change from ``before`` to ``after``."""
+    diffs = [b - a for a, b in zip(before, after, strict=True)]
+    mean = sum(diffs) / len(diffs)
+    if len(diffs) < 2:
+        return mean, math.inf
+    var = sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)
+    return mean, math.sqrt(var / len(diffs))
+
+
+def confirm_table(result: Sweep) -> list[str]:
+    """Loss at the tuned LR with the confirmatory seeds, and the paired change per step."""
+    if not result.confirm:
+        return []
+    seeds = len(next(iter(result.confirm.values())))
+    lines = [
+        f"| {result.axis} | {result.confirm_arm}: loss at LR tuned on smallest, mean of "
+        f"{seeds} seeds | change from the previous {result.axis} (paired, +- 1 s.e.) |",
+        "|---|---|---|",
+    ]
+    previous: list[float] | None = None
+    for size in result.sizes:
+        losses = result.confirm[size]
+        change = "" if previous is None else "{:+.4f} +- {:.4f}".format(*_paired(previous, losses))
+        lines.append(f"| {size} | {_loss(sum(losses) / len(losses))} | {change} |")
+        previous = losses
+    return lines
+
+
+def _confirmed_growth(result: Sweep, arm: str) -> str | None:
+    """The "loss does not get worse" verdict from the confirmatory seeds (None: no run)."""
+    if not result.confirm or arm != result.confirm_arm:
+        return None
+    means = {s: sum(v) / len(v) for s, v in result.confirm.items()}
+    seeds = len(result.confirm[result.sizes[0]])
+    worse = []
+    for a, b in zip(result.sizes, result.sizes[1:], strict=False):
+        if not means[b] <= means[a]:
+            mean, se = _paired(result.confirm[a], result.confirm[b])
+            worse.append(
+                f"{b}: {_loss(means[b])} > {a}: {_loss(means[a])} ({mean:+.4f} +- {se:.4f})"
+            )
+    head = (
+        f"- {result.name}: loss at the LR tuned on the smallest {result.axis} "
+        f"({fmt_lr(result.tuned_lr(arm))}), confirmed with {seeds} seeds per {result.axis}, "
+    )
+    if not worse:
+        return head + f"never gets worse as the {result.axis} grows (target met)."
+    return head + "gets worse at " + "; ".join(worse) + " (target NOT met)."
+
+
 def _others(result: Sweep, arm: str) -> str:
     return "; ".join(f"{a}: {result.shift(a):.3g}x" for a in result.arms if a != arm)
 
@@ -107,17 +172,24 @@ def verdict(result: Sweep, arm: str = "recipe") -> list[str]:
             "width rule and this plain MLP has no residual branches to scale)." + censored
         ]
     met = shift <= 2.0 and not edge
-    return [
+    on_grid = (
+        f"- {result.name}: loss at the LR tuned on the smallest {result.axis} ({fmt_lr(tuned)}), "
+        f"mean of the grid's {len(result.seeds)} seed(s), "
+        + (
+            f"never gets worse as the {result.axis} grows"
+            if not worse
+            else "gets worse at " + "; ".join(worse)
+        )
+    )
+    confirmed = _confirmed_growth(result, arm)
+    lines = [
         f"- {result.name}: with the {arm} the best LR moves {shift:.3g}x across "
         f"{result.axis}s {result.sizes[0]}-{result.sizes[-1]} (target <= 2x: "
         f"{'met' if met else 'NOT met'}); {_others(result, arm)}.{censored}",
-        f"- {result.name}: loss at the LR tuned on the smallest {result.axis} ({fmt_lr(tuned)}) "
-        + (
-            f"never gets worse as the {result.axis} grows (target met)."
-            if not worse
-            else "gets worse at " + "; ".join(worse) + " (target NOT met)."
-        ),
     ]
+    if confirmed is None:
+        return [*lines, on_grid + (" (target met)." if not worse else " (target NOT met).")]
+    return [*lines, on_grid + " (the confirmatory run below decides).", confirmed]
 
 
 def plot(result: Sweep, directory: Path) -> list[Path]:

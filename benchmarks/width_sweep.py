@@ -42,6 +42,7 @@ from benchmarks.width_report import (
     END,
     START,
     Sweep,
+    confirm_table,
     fmt_lr,
     plot,
     table,
@@ -232,6 +233,10 @@ class Plan:
     lm_steps: int
     seeds: tuple[int, ...]
     lm_seeds: tuple[int, ...]
+    # seeds of the confirmatory re-run at the recipe's LR tuned on the smallest width
+    # (width sweeps only): a width-to-width loss change smaller than the spread between
+    # seeds cannot be read from the grid's few seeds
+    confirm_seeds: tuple[int, ...] = ()
 
 
 FULL = Plan(
@@ -244,6 +249,7 @@ FULL = Plan(
     lm_steps=200,
     seeds=(0, 1),
     lm_seeds=(0, 1),
+    confirm_seeds=tuple(range(24)),
 )
 QUICK = Plan(
     widths=(32, 128, 512),
@@ -376,6 +382,20 @@ def measure(
         for cell in group:
             result.runs.setdefault(cell[1:4], []).append(done[cell][0])
         results.append(result)
+    for result in results:
+        if result.axis != "width" or not plan.confirm_seeds or "recipe" not in result.arms:
+            continue
+        steps = plan.lm_steps if result.name == "transformer_width" else plan.mlp_steps
+        tuned = result.tuned_lr("recipe")
+        confirm = [
+            (result.name, "recipe", size, tuned, seed, steps)
+            for size in result.sizes
+            for seed in plan.confirm_seeds
+        ]
+        done.update(execute(confirm, out=out, workers=workers))
+        for cell in confirm:
+            result.confirm.setdefault(cell[2], []).append(done[cell][0])
+        result.confirm_seeds = plan.confirm_seeds
     summed = sum(seconds for _, seconds, _ in done.values())
     return results, (summed, sum(seconds for _, seconds, cached in done.values() if cached))
 
@@ -397,7 +417,7 @@ def section(
         "## Width transfer",
         "",
         f"`python -m benchmarks.width_sweep` ({day}, CPU, one thread per run: "
-        f"{sum(len(v) for r in results for v in r.runs.values())} training runs, "
+        f"{sum(r.trained() for r in results)} training runs, "
         f"{seconds[0] / 60:.1f} min summed, {workers} at a time on a shared 2-core machine; "
         f"the last invocation took {wall / 60:.1f} min wall and read "
         f"{seconds[1] / 60:.1f} min of runs from the cell cache). "
@@ -416,11 +436,21 @@ def section(
         "arm also scales attention logits by `trimtab.attention_scale(head_dim, "
         "base_head_dim=4)`, muP's 1/head_dim), validation loss after "
         f"{plan.lm_steps} steps of 16 x 32 characters, mean of {len(plan.lm_seeds)} "
-        "seed(s) per cell before picking the best LR.",
+        "seed(s) per cell before picking the best LR."
+        + (
+            f" Then a confirmatory run: the recipe at the LR it tuned on the smallest width, "
+            f"{len(plan.confirm_seeds)} seeds per width (the same seeds at every width, so "
+            "the change from one width to the next is paired), because the grid's seeds "
+            "differ by more than neighbouring widths do."
+            if plan.confirm_seeds
+            else ""
+        ),
         "",
     ]
     for result in results:
         lines += [f"### {result.name}", "", *table(result), ""]
+        if result.confirm:
+            lines += [*confirm_table(result), ""]
         links = ", ".join(
             f"[{arm}](plots/width_sweep/{result.name}_{arm}.png)" for arm in result.arms
         )
@@ -476,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.perf_counter() - started
     for result in results:
         print(f"\n{result.name}")
-        print("\n".join(table(result)))
+        print("\n".join(table(result) + confirm_table(result)))
     print("\n".join(line for r in results for line in verdict(r)))
     print(f"{wall:.0f} s wall; training summed {seconds[0]:.0f} s, {seconds[1]:.0f} s cached")
     for result in results:

@@ -132,3 +132,34 @@ def test_the_recipe_arm_uses_the_mup_attention_scale():
     assert model.blocks[0].attn.scale == trimtab.attention_scale(16, base_head_dim=base)
     standard = width_sweep._lm_model(width_sweep.LM_ARMS["standard"], vocab, 64, 8)
     assert standard.blocks[0].attn.scale is None
+
+
+def test_confirmatory_seeds_rerun_the_tuned_lr_and_decide_the_growth_verdict(tmp_path):
+    plan = width_sweep.Plan(**{**TINY.__dict__, "confirm_seeds": (0, 1, 2)})
+    results, _ = width_sweep.measure(
+        plan, ARMS, sweeps=("mlp_width", "mlp_depth"), out=tmp_path, workers=1
+    )
+    width, depth = results
+    assert not depth.confirm  # a depth sweep has no width rule to confirm
+    tuned = width.tuned_lr("recipe")
+    assert sorted(width.confirm) == list(width.sizes)
+    for size, losses in width.confirm.items():
+        assert len(losses) == 3
+        assert losses[:2] == width.runs[("recipe", size, tuned)]  # grid seeds reused
+    assert width.trained() == sum(len(v) for v in width.runs.values()) + len(width.sizes)
+    assert len(width_report.confirm_table(width)) == 2 + len(width.sizes)
+    assert "confirmed with 3 seeds" in width_report.verdict(width)[-1]
+
+
+def test_growth_verdict_reads_the_confirmed_means_with_paired_errors():
+    sweep = width_report.Sweep("transformer_width", "width", (16, 32), (0.1,), ("recipe",), (0,))
+    sweep.runs = {("recipe", 16, 0.1): [2.0], ("recipe", 32, 0.1): [1.9]}
+    sweep.confirm = {16: [2.0, 2.1, 2.2], 32: [2.05, 2.15, 2.25]}  # worse by 0.05 each seed
+    lines = width_report.verdict(sweep)
+    assert "never gets worse" in lines[1]  # the single grid seed says better ...
+    assert "32: 2.150 > 16: 2.100 (+0.0500 +- 0.0000)" in lines[2]  # ... the seeds disagree
+    assert lines[2].endswith("(target NOT met).")
+    sweep.confirm[32] = [1.9, 2.3, 2.0]
+    assert width_report.verdict(sweep)[2].endswith(
+        "never gets worse as the width grows (target met)."
+    )
