@@ -103,14 +103,26 @@ def test_drift_over_the_limit_that_stopped_growing_is_left_alone():
     assert not [p for ps in made.values() for p in ps if p.action is Action.ADJUST]
 
 
-def test_drift_well_under_the_limit_eases_a_cut_backbone_back_to_one_at_most():
-    policy = FineTuning(limit=0.1, ease=1.25)
-    made = drive(policy, [0.01] * 40, multipliers={(Knob.LR, "backbone"): 0.9})
-    eases = [p for ps in made.values() for p in ps if p.action is Action.ADJUST]
-    assert eases and all(p.target == pytest.approx(1.0) for p in eases)
-    assert all(p.priority is Priority.RECOVERY for p in eases)
-    at_one = drive(policy, [0.01] * 40)  # nothing to ease at 1: only the plan's event
-    assert [p.action for ps in at_one.values() for p in ps] == [Action.PLAN]
+def test_drift_well_under_the_limit_undoes_only_the_policys_own_cuts():
+    policy = FineTuning(limit=0.1, ease=1.25, cooldown=50)
+    # over the limit and growing (one cut), then the weights come back under half of it
+    drifts = [0.08 + 0.01 * i for i in range(8)] + [0.02] * 30
+    signals, state, moves = Signals(), policy.initial_state(), []
+    multipliers = {(Knob.LR, "backbone"): 1.0}
+    for i, value in enumerate(drifts):
+        signals.record(i * 10, {"drift/backbone": value})
+        for s in range(i * 10, i * 10 + 10):
+            proposals, state = policy.propose(view(s, signals, multipliers), state)
+            for p in proposals:
+                if p.action is Action.ADJUST:
+                    moves.append((p.priority, p.target))
+                    multipliers[(Knob.LR, "backbone")] = p.target
+    assert moves[0] == (Priority.REGULARIZATION, 0.5)
+    assert [m[0] for m in moves[1:]] == [Priority.RECOVERY] * 4
+    assert multipliers[(Knob.LR, "backbone")] == pytest.approx(1.0)
+    # a cut by another policy is not this policy's to undo
+    made = drive(policy, [0.01] * 40, multipliers={(Knob.LR, "backbone"): 0.5})
+    assert [p.action for ps in made.values() for p in ps] == [Action.PLAN]
 
 
 def test_the_regime_adds_the_drift_probe_to_the_default_probes():
@@ -207,3 +219,30 @@ def test_staged_unfreezing_keeps_the_backbone_bit_identical_while_frozen():
     assert final < first
     bases = [(e.step, e.new) for e in events if e.kind is EventKind.BASE]
     assert bases[0] == (0, 0.0) and bases[1][0] == 60 and bases[1][1] > 0
+
+
+def test_the_stability_guard_leaves_a_frozen_backbone_at_exactly_zero():
+    # a loss spike during the frozen stage: the guard rolls back and cuts every group's
+    # multiplier, then recovers; the frozen backbone must stay at lr 0 and unmoved
+    backbone = _pretrained()
+    torch.manual_seed(1)
+    head = nn.Linear(32, 2)
+    model = nn.Sequential(backbone, head)
+    x, _, y = _tasks()
+    start = [p.detach().clone() for p in backbone.parameters()]
+    opt = torch.optim.Adam(_groups(backbone, head), lr=1e-2)
+    policy = FineTuning(freeze=0.5, ramp=0.1)
+    regime = trimtab.Regime(model, opt, total_steps=200, policies=["stability_guard", policy])
+    lrs = []
+    for step in range(200):
+        loss = nn.functional.cross_entropy(model(x), y)
+        regime.backward(loss * (1e4 if step in (30, 31, 32) else 1.0))
+        regime.step()
+        lrs.append((regime.step_count, regime.hyperparameters()["lr/backbone"]))
+        if step == 99:
+            weights = list(backbone.parameters())
+            assert all(torch.equal(a, b) for a, b in zip(start, weights, strict=True))
+    kinds = {e.kind for e in regime.events if e.policy == "stability_guard"}
+    assert EventKind.ROLLBACK in kinds  # the spike was seen and rolled back
+    assert all(lr == 0.0 for step, lr in lrs if step < 100)
+    assert lrs[-1][1] > 0  # thawed afterwards

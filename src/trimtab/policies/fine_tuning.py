@@ -14,10 +14,12 @@ Which group is which comes from the param groups' names (``"backbone"``, ``"enco
   many steps and the adaptive multiplier stays free for the drift rule.
 * Drift limit. The ``drift`` probe reports ||w - w0|| / ||w0|| per group. Every
   ``period`` steps, if the median of the last ``window`` readings is above ``limit`` and
-  still growing, the backbone's LR multiplier is cut by ``cut`` (at most every
-  ``cooldown`` steps, never below ``floor``). The cut is provisional: it expects the
-  drift to grow more slowly, and the next decision logs a verdict. Well under the limit
-  (below ``ease_below`` x ``limit``) a cut backbone is eased back towards 1 by ``ease``.
+  still growing (a significant least-squares slope over the readings held), the
+  backbone's LR multiplier is cut by ``cut`` (at most every ``cooldown`` steps, never
+  below ``floor``). The cut is provisional: it expects the drift to grow more slowly,
+  and the next decision logs a verdict. Well under the limit (below ``ease_below`` x
+  ``limit``) the policy's own cuts are undone by ``ease`` at a time; other policies'
+  cuts are left alone.
 * Staged unfreezing (``freeze > 0``). For the first ``freeze`` of the run the backbone's
   planned LR is exactly 0: optimizers multiply their update by the LR, so the weights
   stay bit-identical (``requires_grad`` is left alone; the optimizer state still
@@ -55,7 +57,7 @@ class FineTuning(Policy):
         limit: drift (||w - w0|| / ||w0||) above which the backbone LR is cut.
         cut: factor of that cut, in (0, 1).
         floor: the lowest LR multiplier the drift rule cuts to.
-        ease_below: drift below ``ease_below`` x ``limit`` eases a cut backbone back up.
+        ease_below: drift below ``ease_below`` x ``limit`` undoes the policy's own cuts.
         ease: factor of that easing (> 1).
         period: steps between drift decisions.
         window: drift readings whose median is compared with the limit.
@@ -174,7 +176,9 @@ class FineTuning(Policy):
 
     # -- decisions -----------------------------------------------------------------------
     def initial_state(self) -> PolicyState:
-        return {"stage": None, "drift": {}, "moved": {}, "trial": {}}
+        # owed: per group, the factor of its own cuts not yet eased back (easing undoes
+        # only what this policy cut, never another policy's cut)
+        return {"stage": None, "drift": {}, "moved": {}, "trial": {}, "owed": {}}
 
     def propose(self, view: PolicyView, state: PolicyState) -> tuple[list[Proposal], PolicyState]:
         backbone = [g for g in view.groups if self.is_backbone(g)]
@@ -185,6 +189,7 @@ class FineTuning(Policy):
                 drift[group] = [*drift.get(group, []), [view.step, reading]][-4 * self.window :]
         state = {**state, "drift": drift, "moved": dict(state["moved"])}
         state["trial"] = dict(state["trial"])
+        state["owed"] = dict(state["owed"])
         proposals = self._plan_events(view, state, backbone)
         if view.step == 0 or view.step % self.period or state["stage"] == "frozen":
             return proposals, state
@@ -229,19 +234,21 @@ class FineTuning(Policy):
         if len(readings) < self.window:
             return []
         level = stats.median([v for _, v in readings[-self.window :]])
-        rate = _rate([r for r in readings if r[0] >= view.step - self.period])
+        rate, growing = _growth(readings)
         evidence = {f"drift/{group}": level, "limit": self.limit, "drift_rate": rate}
         proposals = []
         trial = state["trial"].pop(group, None)
         if trial is not None:
-            proposals.append(self._verdict(group, trial, rate, evidence))
+            since, _ = _growth([r for r in readings if r[0] >= trial["step"]])
+            proposals.append(self._verdict(group, trial, since, evidence))
         last = state["moved"].get(group)
         if last is not None and view.step - last < self.cooldown:
             return proposals
         current = view.multiplier(Knob.LR, group)
-        if level > self.limit and rate > 0 and current > self.floor * 1.0001:
+        if level > self.limit and growing and current > self.floor * 1.0001:
             new = max(current * self.cut, self.floor)
             state["moved"][group] = view.step
+            state["owed"][group] = state["owed"].get(group, 1.0) * current / new
             state["trial"][group] = {"step": view.step, "rate": rate}
             proposals.append(
                 Proposal(
@@ -258,9 +265,11 @@ class FineTuning(Policy):
                     signals=evidence,
                 )
             )
-        elif level < self.ease_below * self.limit and current < 0.9999:
-            new = min(current * self.ease, 1.0)
+        elif level < self.ease_below * self.limit and state["owed"].get(group, 1.0) > 1.0001:
+            owed = state["owed"][group]
+            new = current * min(self.ease, owed)
             state["moved"][group] = view.step
+            state["owed"][group] = owed * current / new
             proposals.append(
                 Proposal(
                     policy=self.name,
@@ -296,9 +305,11 @@ class FineTuning(Policy):
         )
 
 
-def _rate(readings: list[list[float]]) -> float:
-    """Drift growth per step over ``readings`` (0 with fewer than two)."""
-    if len(readings) < 2:
-        return 0.0
-    (s0, v0), (s1, v1) = readings[0], readings[-1]
-    return (v1 - v0) / max(s1 - s0, 1)
+def _growth(readings: list[list[float]]) -> tuple[float, bool]:
+    """Drift growth per step over ``readings`` (a least-squares slope), and whether it is
+    significant (the slope's 95 % band excludes 0): noise around a level is not growth."""
+    if len(readings) < 3:
+        return 0.0, False
+    fit = stats.trend([v for _, v in readings])
+    spacing = max((readings[-1][0] - readings[0][0]) / (len(readings) - 1), 1.0)
+    return fit.slope / spacing, fit.slope - fit.halfwidth > 0
