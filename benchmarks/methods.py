@@ -241,15 +241,25 @@ CANDIDATES = {
 }
 
 
+# Candidates that only make sense on some tasks: fine_tuning refuses a model without a
+# backbone group, and only the finetune task has one.
+CANDIDATE_TASKS: dict[str, tuple[str, ...]] = {"fine_tuning": ("finetune",)}
+
+
 @dataclass(frozen=True)
 class MethodSpec:
     name: str
     build: type[Method]
     uses_lr: bool
     needs: str | None = None  # importable module the method requires
+    tasks: tuple[str, ...] | None = None  # the only tasks it runs on; None: every task
 
     def available(self) -> bool:
         return self.needs is None or importlib.util.find_spec(self.needs) is not None
+
+    def runs_on(self, task: str) -> bool:
+        """Whether the suite plans this method on ``task``."""
+        return self.tasks is None or task in self.tasks
 
 
 METHODS: dict[str, MethodSpec] = {
@@ -269,7 +279,10 @@ METHODS: dict[str, MethodSpec] = {
         MethodSpec("trimtab", Trimtab, True),
         MethodSpec("trimtab_auto", TrimtabAuto, False),
         *(MethodSpec(name, _ablated(p), True) for name, p in ABLATIONS.items()),
-        *(MethodSpec(name, _extended(p), True) for name, p in CANDIDATES.items()),
+        *(
+            MethodSpec(name, _extended(p), True, tasks=CANDIDATE_TASKS.get(p))
+            for name, p in CANDIDATES.items()
+        ),
     ]
 }
 MAIN_METHODS = tuple(

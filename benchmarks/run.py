@@ -50,6 +50,8 @@ def plan(
     for task in tasks:
         steps = TASKS[task].quick_steps if quick else TASKS[task].steps
         for method in methods:
+            if not METHODS[method].runs_on(task):
+                continue
             lrs = (QUICK_LRS if quick else LRS) if METHODS[method].uses_lr else (0.0,)
             for lr in lrs:
                 for seed in range(seeds):

@@ -77,3 +77,19 @@ def test_the_ablation_table_counts_cells_within_tolerance_against_the_suite_orac
     )
     assert "| all defaults | 1/2 | 1/2 (50 %) | 0 |" in lines
     assert "| without `plateau` | 1/2 | 1/2 (50 %) | 1 |" in lines
+
+
+def test_a_candidate_restricted_to_some_tasks_is_planned_only_there():
+    from benchmarks.methods import METHODS
+    from benchmarks.run import plan
+
+    spec = METHODS["trimtab-plus-fine_tuning"]
+    assert spec.tasks == ("finetune",) and spec.runs_on("finetune")
+    assert not spec.runs_on("tabular") and METHODS["trimtab"].runs_on("tabular")
+    cells = plan(True, ["tabular", "finetune"], ["trimtab", "trimtab-plus-fine_tuning"], 1)
+    planned = {(c[0], c[1]) for c in cells}
+    assert ("finetune", "trimtab-plus-fine_tuning") in planned
+    assert ("tabular", "trimtab-plus-fine_tuning") not in planned
+    assert ("tabular", "trimtab") in planned
+    record = run_cell("finetune", "trimtab-plus-fine_tuning", 1e-2, 0, 30, evals=3)
+    assert record["error"] is None and record["final"] is not None

@@ -13,16 +13,18 @@ import random
 import pytest
 
 from trimtab.arbiter import Arbiter
-from trimtab.policies import DEFAULT_POLICIES, POLICIES, PolicyView
+from trimtab.policies import DEFAULT_POLICIES, POLICIES, FineTuning, PolicyView
 from trimtab.signals import Signals
 from trimtab.types import Action, Knob
 
-GROUPS = ("body", "head")
+GROUPS = ("body", "head")  # "body" reads as a backbone to fine_tuning
 
 
-def drive(seed, steps=3000, observe_every=20, total_steps=None):
+def drive(seed, steps=3000, observe_every=20, total_steps=None, extra=(), drift=None):
+    """``extra``: policies run besides the defaults; ``drift``: the level around which
+    noisy ``drift/<group>`` readings arrive every 10 steps (``None``: no drift probe)."""
     rng = random.Random(seed)
-    policies = [POLICIES[name]() for name in DEFAULT_POLICIES]
+    policies = [POLICIES[name]() for name in DEFAULT_POLICIES] + list(extra)
     states = {p.name: p.initial_state() for p in policies}
     arbiter, signals, multipliers = Arbiter(), Signals(), {}
     moves: dict[tuple, list[int]] = {}
@@ -38,6 +40,8 @@ def drive(seed, steps=3000, observe_every=20, total_steps=None):
                 values[f"alignment/{group}"] = max(-1.0, min(1.0, 0.15 * rng.gauss(0, 1)))
             if step % 10 == 0:
                 values[f"update_ratio/{group}"] = 2e-3 * math.exp(0.1 * rng.gauss(0, 1))
+            if step % 10 == 0 and drift is not None:
+                values[f"drift/{group}"] = drift * math.exp(0.1 * rng.gauss(0, 1))
         signals.record(step, values)
         if step and step % observe_every == 0:
             signals.observe(step, {"val_loss": 1.1 + 0.03 * rng.gauss(0, 1)})
@@ -79,3 +83,33 @@ def test_no_knob_flips_direction_under_stationary_noise(seed):
 
 def test_the_counter_sees_oscillation_when_there_is_some():
     assert flips([1, -1, 1, -1]) == 3 and flips([-1, -1, -1]) == 0
+
+
+class Recording(FineTuning):
+    """fine_tuning that keeps what it proposed."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.seen = []
+
+    def propose(self, view, state):
+        made, state = super().propose(view, state)
+        self.seen += made
+        return made, state
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("level", [0.05, 0.1, 0.2])
+def test_fine_tuning_does_not_oscillate_on_stationary_drift(seed, level):
+    # drift noisy around half the limit, at it, and above it (but not growing)
+    policy = Recording(limit=0.1)
+    moves, multipliers, actions = drive(seed, extra=[policy], drift=level)
+    proposed = policy.seen
+    for key, directions in moves.items():
+        assert flips(directions) <= 2, (key, directions)
+    # noise around a stationary level is not growth: the drift rule never cuts here
+    assert not [p for p in proposed if p.action is Action.ADJUST]
+    for (knob, _), value in multipliers.items():
+        low, high = Arbiter().config.bounds[knob]
+        assert low <= value <= high
+    assert not {Action.RESTORE_BEST, Action.STOP, Action.ROLLBACK, Action.SKIP} & set(actions)

@@ -25,7 +25,16 @@ from trimtab.probes import GroupView, Probe, StepContext
 from trimtab.run_header import describe_run
 from trimtab.schedules import Schedule
 from trimtab.signals import Signals
-from trimtab.types import Action, Decision, Event, EventKind, Knob, Outcome, Rejection
+from trimtab.types import (
+    Action,
+    Decision,
+    Event,
+    EventKind,
+    Knob,
+    Outcome,
+    Proposal,
+    Rejection,
+)
 
 STATE_VERSION = 1
 
@@ -79,6 +88,17 @@ class Controller:
         self.probes = tuple(probes)
         self.policies = tuple(policies)
         self.total_steps = total_steps
+        for policy in self.policies:
+            getattr(policy, "bind", Policy.bind)(self.group_names)
+        # policies that plan an LR base of their own (e.g. a frozen backbone)
+        self._planners = tuple(
+            p
+            for p in self.policies
+            if getattr(type(p), "planned_lr", Policy.planned_lr) is not Policy.planned_lr
+        )
+        for policy in self._planners:  # surface a plan's configuration errors now
+            for group in self.group_names:
+                policy.planned_lr(0, total_steps, group)
         self.log_every = _checks.count("log_every", log_every)
         if schedule is not None and not isinstance(schedule, Schedule):
             raise ConfigTypeError(
@@ -308,6 +328,8 @@ class Controller:
                 self._record(_action_event(self.step, EventKind.STOP, proposal))
             elif proposal.action is Action.VERDICT:
                 self._record(_action_event(self.step, EventKind.VERDICT, proposal))
+            elif proposal.action is Action.PLAN:
+                self._record(self._plan_event(proposal, bases))
             elif proposal.action is Action.KEEP_BEST:
                 self.guard.keep_best(self.step)
             elif proposal.action is Action.RESTORE_BEST:
@@ -339,6 +361,15 @@ class Controller:
                 reason = f"{proposal.reason} (restored the weights of step {kept})"
                 self._record(Event(**{**event.__dict__, "reason": reason}))
         return outcome
+
+    def _plan_event(self, proposal: Proposal, bases: Mapping[tuple[Knob, str], float]) -> Event:
+        """A planned base change, with the effective value it leads to (``new``)."""
+        event = _action_event(self.step, EventKind.BASE, proposal)
+        if proposal.knob is None or proposal.group is None:
+            return event
+        key = (proposal.knob, proposal.group)
+        new = bases.get(key, 1.0) * self.multipliers.get(key, 1.0)
+        return Event(**{**event.__dict__, "knob": proposal.knob.value, "new": new})
 
     def _clip(self, targets: Mapping[tuple[Knob, str], float]) -> None:
         """Clip each group's gradient to its threshold, on the device (no host read).
@@ -460,16 +491,20 @@ class Controller:
         bases = dict(raw)
         if self.clip_base is not None:
             bases.update({(Knob.MAX_GRAD_NORM, g): self.clip_base for g in self.group_names})
-        if self.schedule is None:
-            return bases
-        total = self.total_steps or 1
-        factor = self.schedule.lr_factor(self.step, total)
-        momentum = self.schedule.momentum(self.step, total)
-        for (knob, group), value in bases.items():
-            if knob is Knob.LR:
-                bases[(knob, group)] = value * factor
-            elif knob is Knob.MOMENTUM and momentum is not None:
-                bases[(knob, group)] = momentum
+        if self.schedule is not None:
+            total = self.total_steps or 1
+            factor = self.schedule.lr_factor(self.step, total)
+            momentum = self.schedule.momentum(self.step, total)
+            for (knob, group), value in bases.items():
+                if knob is Knob.LR:
+                    bases[(knob, group)] = value * factor
+                elif knob is Knob.MOMENTUM and momentum is not None:
+                    bases[(knob, group)] = momentum
+        for policy in self._planners:
+            for group in self.group_names:
+                key = (Knob.LR, group)
+                if key in bases:
+                    bases[key] *= policy.planned_lr(self.step, self.total_steps, group)
         return bases
 
     def _targets(self, bases: Mapping[tuple[Knob, str], float]) -> dict[tuple[Knob, str], float]:

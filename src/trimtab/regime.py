@@ -51,6 +51,7 @@ class Regime:
         policies: policy names (see ``trimtab.POLICIES``) or instances.
         probes: probe names (see ``trimtab.PROBES``) or instances, or a preset name
             (``"cheap"``, ``"standard"``, ``"thorough"``; see ``trimtab.probes.PRESETS``).
+            Left at the default, the probes a requested policy ``requires`` are added.
         log: path of the JSONL audit trail, or ``None`` to keep events in memory only.
         log_every: steps between signal snapshots in the log.
         snapshot_every: steps between known-good snapshots (kept on the CPU).
@@ -130,6 +131,9 @@ class Regime:
         run_info: dict[str, Any] = {}  # arbiter=None: the Controller sizes it to the model
         if recipe is not None:
             run_info["recipe"] = recipe.as_dict()
+        # left at the default, the probe set grows by what the requested policies read;
+        # a set the user chose is theirs, and a missing probe there is an error below
+        default_probes = probes is DEFAULT_PROBES
         if isinstance(probes, str):
             if probes not in PRESETS:
                 raise ConfigError(f"unknown probe preset {probes!r}; presets: {', '.join(PRESETS)}")
@@ -137,6 +141,12 @@ class Regime:
         built_probes = _resolve(probes, PROBES, Probe, "probe")
         built_policies = _resolve(policies, POLICIES, Policy, "policy")
         present = {p.name for p in built_probes}
+        if default_probes:
+            for policy in built_policies:
+                for name in policy.requires:
+                    if name not in present and name in PROBES:
+                        built_probes.append(PROBES[name]())
+                        present.add(name)
         if "nonfinite" not in present:
             raise ConfigError(
                 "the 'nonfinite' probe is required: it keeps NaN and inf out of the weights; "

@@ -51,6 +51,7 @@ class Action(str, enum.Enum):
     VERDICT = "verdict"  # a provisional change's outcome, logged without moving a knob
     KEEP_BEST = "keep_best"  # keep the current weights as the best so far (not logged)
     RESTORE_BEST = "restore_best"  # load the weights kept by KEEP_BEST; the step is dropped
+    PLAN = "plan"  # a policy's planned base changed (Policy.planned_lr): logged as a base event
 
 
 class EventKind(str, enum.Enum):

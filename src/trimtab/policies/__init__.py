@@ -7,6 +7,7 @@ from types import MappingProxyType
 from trimtab.policies.base import Policy, PolicyState, PolicyView
 from trimtab.policies.clipping import Clipping
 from trimtab.policies.early_phase import EarlyPhase
+from trimtab.policies.fine_tuning import FineTuning
 from trimtab.policies.momentum import Momentum
 from trimtab.policies.plateau import Plateau
 from trimtab.policies.regularization import Regularization
@@ -20,6 +21,7 @@ POLICIES = MappingProxyType(
         Regularization.name: Regularization,
         Momentum.name: Momentum,
         Clipping.name: Clipping,
+        FineTuning.name: FineTuning,
     }
 )
 DEFAULT_POLICIES = ("stability_guard", "early_phase", "regularization", "plateau")
@@ -29,6 +31,7 @@ __all__ = [
     "POLICIES",
     "Clipping",
     "EarlyPhase",
+    "FineTuning",
     "Momentum",
     "Plateau",
     "Policy",

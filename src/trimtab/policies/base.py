@@ -7,7 +7,7 @@ inputs always give the same proposals (which keeps distributed ranks in lockstep
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,6 +51,19 @@ class Policy:
 
     def propose(self, view: PolicyView, state: PolicyState) -> tuple[list[Proposal], PolicyState]:
         raise NotImplementedError
+
+    def bind(self, groups: Sequence[str]) -> None:
+        """Check the run's param group names once, before the first step (raise
+        ``ConfigError`` when the policy cannot work with them)."""
+
+    def planned_lr(self, step: int, total_steps: int | None, group: str) -> float:
+        """A planned factor on ``group``'s LR base, composed like a schedule (>= 0).
+
+        Unlike an adaptive multiplier it is outside the arbiter's bounds, so it may be
+        exactly 0 (a frozen group). Pure in its arguments; announce changes of plan
+        with an ``Action.PLAN`` proposal.
+        """
+        return 1.0
 
     def settings(self) -> dict[str, Any]:
         """The policy's configuration, written to the run header of the log."""
