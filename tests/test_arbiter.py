@@ -146,3 +146,35 @@ def test_state_round_trip_keeps_cooldowns():
 def test_config_rejects_bad_values_with_the_value_in_the_message(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         ArbiterConfig(**kwargs)
+
+
+def test_a_ceiling_caps_raises_of_one_slot_and_leaves_cuts_and_other_slots_alone():
+    arbiter = Arbiter()
+    up = Proposal("speed", "faster", Priority.SPEED, knob=Knob.LR, factor=2.0)
+    ceilings = {(Knob.LR, "g0"): 1.0}
+    decisions, rejections = arbiter.arbitrate(
+        [up], step=0, groups=GROUPS, multipliers={}, ceilings=ceilings
+    )
+    assert {d.group: d.new for d in decisions} == {"head": 2.0}  # g0 sits at its ceiling
+    assert any("g0" in r.why for r in rejections)
+    cut = Proposal("plateau", "flat", Priority.SCHEDULE, knob=Knob.LR, group="g0", factor=0.5)
+    (d,), _ = arbiter.arbitrate([cut], step=20, groups=GROUPS, multipliers={}, ceilings=ceilings)
+    assert d.new == 0.5
+    # from below, a raise stops at the ceiling
+    (d,), _ = Arbiter().arbitrate(
+        [Proposal("speed", "faster", Priority.SPEED, knob=Knob.LR, group="g0", factor=2.0)],
+        step=0,
+        groups=GROUPS,
+        multipliers={(Knob.LR, "g0"): 0.6},
+        ceilings=ceilings,
+    )
+    assert d.new == 1.0
+    # a slot above its ceiling may only come down
+    _, (rejection,) = Arbiter().arbitrate(
+        [Proposal("speed", "faster", Priority.SPEED, knob=Knob.LR, group="g0", factor=2.0)],
+        step=0,
+        groups=GROUPS,
+        multipliers={(Knob.LR, "g0"): 3.0},
+        ceilings=ceilings,
+    )
+    assert "ceiling" in rejection.why

@@ -148,8 +148,13 @@ class Arbiter:
         step: int,
         groups: Sequence[str],
         multipliers: Mapping[tuple[Knob, str], float],
+        ceilings: Mapping[tuple[Knob, str], float] | None = None,
     ) -> tuple[list[Decision], list[Rejection]]:
-        """Decide which proposals to act on. Pure in its inputs and the arbiter's state."""
+        """Decide which proposals to act on. Pure in its inputs and the arbiter's state.
+
+        ``ceilings`` lowers the upper bound of single (knob, group) slots (a policy's
+        ``multiplier_ceiling``); a slot already above its ceiling may only come down.
+        """
         decisions: list[Decision] = []
         rejections: list[Rejection] = []
         by_slot: dict[tuple[Knob, str], list[Proposal]] = {}
@@ -179,7 +184,7 @@ class Arbiter:
                 rejections.append(
                     Rejection(loser, f"superseded by {winner.policy} on {slot[0].value}/{slot[1]}")
                 )
-            verdict = self._limit(winner, slot, old, step)
+            verdict = self._limit(winner, slot, old, step, (ceilings or {}).get(slot))
             if isinstance(verdict, str):
                 rejections.append(Rejection(winner, verdict))
                 continue
@@ -188,7 +193,14 @@ class Arbiter:
             self._last[slot] = (step, direction, int(winner.priority), winner.policy)
         return decisions, rejections
 
-    def _limit(self, proposal: Proposal, slot: tuple[Knob, str], old: float, step: int):
+    def _limit(
+        self,
+        proposal: Proposal,
+        slot: tuple[Knob, str],
+        old: float,
+        step: int,
+        ceiling: float | None = None,
+    ):
         """Return the new multiplier, or a string saying why the proposal is refused."""
         cfg = self.config
         knob, group = slot
@@ -203,6 +215,10 @@ class Arbiter:
         low, high = cfg.rate_limits.get(proposal.priority, (1.0, 1.0))
         factor = min(max(factor, low), high)
         b_low, b_high = cfg.bounds.get(knob, (1.0, 1.0))
+        if ceiling is not None:
+            b_high = min(b_high, max(ceiling, b_low))
+            if old > b_high and old * factor > old:
+                return f"{knob.value}/{group} is above its ceiling {b_high:.4g}"
         new = min(max(old * factor, b_low), b_high)
         if abs(math.log(new / old)) < cfg.epsilon:
             return f"change below epsilon or at a bound ({knob.value}/{group} stays {old:.4g})"

@@ -96,6 +96,16 @@ class Controller:
             for p in self.policies
             if getattr(type(p), "planned_lr", Policy.planned_lr) is not Policy.planned_lr
         )
+        # per-slot upper bounds some policies impose (the lowest wins)
+        self._ceilings: dict[tuple[Knob, str], float] = {}
+        for policy in self.policies:
+            ceiling = getattr(policy, "multiplier_ceiling", None)
+            for knob in (*Knob,) if ceiling is not None else ():
+                for group in self.group_names:
+                    value = ceiling(knob, group)
+                    if value is not None:
+                        slot = (knob, group)
+                        self._ceilings[slot] = min(value, self._ceilings.get(slot, value))
         for policy in self._planners:  # surface a plan's configuration errors now
             for group in self.group_names:
                 policy.planned_lr(0, total_steps, group)
@@ -223,7 +233,11 @@ class Controller:
             )
             proposals.extend(made)
         decisions, rejections = self.arbiter.arbitrate(
-            proposals, step=self.step, groups=self.group_names, multipliers=self.multipliers
+            proposals,
+            step=self.step,
+            groups=self.group_names,
+            multipliers=self.multipliers,
+            ceilings=self._ceilings,
         )
         self.rejections.extend(rejections)
         outcome = self._enact(decisions, bases)

@@ -65,6 +65,14 @@ class Policy:
         """
         return 1.0
 
+    def multiplier_ceiling(self, knob: Knob, group: str) -> float | None:
+        """The highest multiplier any policy may give ``knob`` on ``group``, or ``None``.
+
+        Read once when the run is built; the arbiter lowers that slot's upper bound to it
+        (e.g. speed policies must not raise a pretrained backbone's LR).
+        """
+        return None
+
     def settings(self) -> dict[str, Any]:
         """The policy's configuration, written to the run header of the log."""
         return {}

@@ -25,6 +25,11 @@ Which group is which comes from the param groups' names (``"backbone"``, ``"enco
   stay bit-identical (``requires_grad`` is left alone; the optimizer state still
   accumulates, which warms it up for the unfreeze). Then the ratio is reached by a
   linear ramp over ``ramp`` of the run.
+* Ceiling. Other policies may lower the backbone's LR but not raise it above the plan
+  (``backbone_ceiling``, default 1.0 x the planned LR): the early phase's and the
+  plateau's speed-ups are meant for a freshly initialised network, and without the cap
+  the early phase's doublings took the backbone ~64x up before the first drift reading
+  on the benchmark's fine-tuning task.
 
 Planned changes (the ratio, freezing, the ramp) are logged as ``base`` events.
 """
@@ -64,6 +69,8 @@ class FineTuning(Policy):
         cooldown: steps between two moves of one group's LR.
         freeze: fraction of the run the backbone is frozen (LR exactly 0); 0: never.
         ramp: fraction of the run over which the LR then ramps up to the ratio.
+        backbone_ceiling: the highest LR multiplier any policy may give a backbone group
+            (1.0: never above the planned LR); ``None`` leaves the arbiter's bound.
     """
 
     name = "fine_tuning"
@@ -85,6 +92,7 @@ class FineTuning(Policy):
         cooldown: int = 100,
         freeze: float = 0.0,
         ramp: float = 0.1,
+        backbone_ceiling: float | None = 1.0,
     ) -> None:
         self.backbone = None if backbone is None else tuple(backbone)
         self.head = None if head is None else tuple(head)
@@ -107,6 +115,11 @@ class FineTuning(Policy):
         self.cooldown = _checks.count("cooldown", cooldown, minimum=0)
         self.freeze = _checks.real("freeze", freeze)
         self.ramp = _checks.real("ramp", ramp)
+        self.backbone_ceiling = (
+            None
+            if backbone_ceiling is None
+            else _checks.positive("backbone_ceiling", backbone_ceiling)
+        )
         for label, value in (("freeze", self.freeze), ("ramp", self.ramp)):
             if not 0.0 <= value < 1.0:
                 raise ConfigError(f"{label} must be a fraction of the run in [0, 1), got {value}")
@@ -115,7 +128,7 @@ class FineTuning(Policy):
 
     def settings(self) -> dict[str, Any]:
         keys = ["backbone", "head", "ratio", "limit", "cut", "floor", "ease_below", "ease"]
-        keys += ["period", "window", "cooldown", "freeze", "ramp"]
+        keys += ["period", "window", "cooldown", "freeze", "ramp", "backbone_ceiling"]
         return {k: getattr(self, k) for k in keys}
 
     # -- roles ---------------------------------------------------------------------------
@@ -126,6 +139,12 @@ class FineTuning(Policy):
         if self.head is not None and group in self.head:
             return False
         return any(word in group.lower() for word in BACKBONE_WORDS)
+
+    def multiplier_ceiling(self, knob: Knob, group: str) -> float | None:
+        """Cap the backbone's LR multiplier: others may cut it, not raise it past the plan."""
+        if knob is Knob.LR and self.is_backbone(group):
+            return self.backbone_ceiling
+        return None
 
     def bind(self, groups: Sequence[str]) -> None:
         """Refuse a run whose groups have no backbone, or that names groups it lacks."""
