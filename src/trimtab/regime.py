@@ -137,6 +137,12 @@ class Regime:
         built_probes = _resolve(probes, PROBES, Probe, "probe")
         built_policies = _resolve(policies, POLICIES, Policy, "policy")
         present = {p.name for p in built_probes}
+        for policy in built_policies:
+            if policy.adds_probes:
+                for name in policy.requires:
+                    if name not in present and name in PROBES:
+                        built_probes = [*built_probes, PROBES[name]()]
+                        present.add(name)
         if "nonfinite" not in present:
             raise ConfigError(
                 "the 'nonfinite' probe is required: it keeps NaN and inf out of the weights; "

@@ -8,8 +8,10 @@ from trimtab.policies.base import Policy, PolicyState, PolicyView
 from trimtab.policies.clipping import Clipping
 from trimtab.policies.early_phase import EarlyPhase
 from trimtab.policies.momentum import Momentum
+from trimtab.policies.noise import Noise
 from trimtab.policies.plateau import Plateau
 from trimtab.policies.regularization import Regularization
+from trimtab.policies.stability import Stability
 from trimtab.policies.stability_guard import StabilityGuard
 
 POLICIES = MappingProxyType(
@@ -20,6 +22,8 @@ POLICIES = MappingProxyType(
         Regularization.name: Regularization,
         Momentum.name: Momentum,
         Clipping.name: Clipping,
+        Noise.name: Noise,
+        Stability.name: Stability,
     }
 )
 DEFAULT_POLICIES = ("stability_guard", "early_phase", "regularization", "plateau")
@@ -30,10 +34,12 @@ __all__ = [
     "Clipping",
     "EarlyPhase",
     "Momentum",
+    "Noise",
     "Plateau",
     "Policy",
     "PolicyState",
     "PolicyView",
     "Regularization",
+    "Stability",
     "StabilityGuard",
 ]

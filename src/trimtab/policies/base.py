@@ -45,6 +45,9 @@ class Policy:
     name: str = "policy"
     knobs: tuple[Knob, ...] = ()  # knobs the policy may adjust besides lr
     requires: tuple[str, ...] = ()  # probes whose signals it reads
+    # True: Regime adds the missing ``requires`` probes (default settings) when the policy
+    # is asked for, instead of refusing; for policies whose probes are off by default
+    adds_probes: bool = False
 
     def initial_state(self) -> PolicyState:
         return {}
