@@ -77,3 +77,23 @@ def test_the_ablation_table_counts_cells_within_tolerance_against_the_suite_orac
     )
     assert "| all defaults | 1/2 | 1/2 (50 %) | 0 |" in lines
     assert "| without `plateau` | 1/2 | 1/2 (50 %) | 1 |" in lines
+
+
+def test_the_stability_candidate_gets_a_closure_and_reads_curvature(monkeypatch):
+    from benchmarks import methods
+
+    assert methods.METHODS["trimtab-plus-stability"].build.wants_closure
+    assert not methods.METHODS["trimtab-plus-noise"].build.wants_closure
+    seen = []
+    original = methods.Trimtab.step
+
+    def step(self, loss, closure=None):
+        seen.append(closure)
+        original(self, loss, closure=closure)
+
+    monkeypatch.setattr(methods.Trimtab, "step", step)
+    record = run_cell("tabular", "trimtab-plus-stability", 1e-3, 0, 12, evals=2)
+    assert seen and all(callable(c) for c in seen)
+    assert math.isfinite(record["final"])
+    record = run_cell("tabular", "trimtab-plus-noise", 1e-3, 0, 12, evals=2)
+    assert math.isfinite(record["final"])
