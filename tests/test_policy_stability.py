@@ -164,3 +164,19 @@ def test_gd_above_the_stability_limit_diverges_without_the_policy_and_converges_
     assert cuts and cuts[0].step == 0 and "stability threshold" in cuts[0].reason
     # the effective lr x sharpness ends below the GD threshold 2, with the margin
     assert cuts[-1].new * sharpness / 2 < 0.8
+
+
+def test_a_run_without_a_closure_gets_one_note_and_no_change():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    regime = trimtab.Regime(
+        model, opt, policies=[Stability(absent_after=20)], probes=["loss", "nonfinite"]
+    )
+    for _ in range(60):
+        x = torch.randn(16, 4)
+        regime.backward(torch.nn.functional.mse_loss(model(x), x.sum(1, keepdim=True)))
+        regime.step()
+    mine = [e for e in regime.events if e.policy == "stability"]
+    assert len(mine) == 1 and mine[0].kind.value == "verdict" and "closure" in mine[0].reason
+    assert opt.param_groups[0]["lr"] == 0.05
