@@ -21,6 +21,15 @@ _FAULT_LENGTH = {
 }
 
 
+def _closure(setup: Any, x: torch.Tensor, y: torch.Tensor) -> Any:
+    """A function recomputing the loss on this step's batch, for probes that need it."""
+
+    def closure() -> torch.Tensor:
+        return setup.loss(setup.model, (x, y))
+
+    return closure
+
+
 def run_cell(
     task_name: str,
     method_name: str,
@@ -70,7 +79,10 @@ def run_cell(
             for g in method.optimizer.param_groups:
                 g["lr"] = g["lr"] * 30
         try:
-            method.step(loss)
+            if getattr(method, "wants_closure", False):  # e.g. the curvature probe's HVPs
+                method.step(loss, closure=_closure(setup, x, y))
+            else:
+                method.step(loss)
         except (RuntimeError, AssertionError, ValueError) as exc:  # the method gave up
             error = f"{type(exc).__name__}: {exc}"
             break

@@ -193,6 +193,7 @@ class Trimtab(Method):
     fixed_lr: float | None = None
     without: str | None = None  # a default policy switched off (the ablation)
     extra: str | None = None  # a policy added to the defaults (a candidate)
+    wants_closure: bool = False  # the harness passes a loss closure to ``step``
 
     def __init__(self, setup, lr, steps):
         super().__init__(setup, self.fixed_lr or lr, steps)
@@ -204,9 +205,9 @@ class Trimtab(Method):
             setup.model, self.optimizer, total_steps=steps, policies=policies, max_grad_norm=clip
         )
 
-    def step(self, loss):
+    def step(self, loss, closure=None):
         self.regime.backward(loss)
-        if self.regime.step() is trimtab.Outcome.SKIPPED:
+        if self.regime.step(closure=closure) is trimtab.Outcome.SKIPPED:
             self.skipped += 1
 
     def observe(self, val_loss):
@@ -232,7 +233,9 @@ def _ablated(policy: str) -> type[Trimtab]:
 
 
 def _extended(policy: str) -> type[Trimtab]:
-    return type(f"TrimtabWith_{policy}", (Trimtab,), {"extra": policy})
+    # a policy reading the curvature probe needs the loss closure for its HVPs
+    closure = "curvature" in trimtab.policies.POLICIES[policy].requires
+    return type(f"TrimtabWith_{policy}", (Trimtab,), {"extra": policy, "wants_closure": closure})
 
 
 ABLATIONS = {f"trimtab-no-{p}": p for p in trimtab.policies.DEFAULT_POLICIES}

@@ -93,3 +93,23 @@ def test_a_candidate_restricted_to_some_tasks_is_planned_only_there():
     assert ("tabular", "trimtab") in planned
     record = run_cell("finetune", "trimtab-plus-fine_tuning", 1e-2, 0, 30, evals=3)
     assert record["error"] is None and record["final"] is not None
+
+
+def test_the_stability_candidate_gets_a_closure_and_reads_curvature(monkeypatch):
+    from benchmarks import methods
+
+    assert methods.METHODS["trimtab-plus-stability"].build.wants_closure
+    assert not methods.METHODS["trimtab-plus-noise"].build.wants_closure
+    seen = []
+    original = methods.Trimtab.step
+
+    def step(self, loss, closure=None):
+        seen.append(closure)
+        original(self, loss, closure=closure)
+
+    monkeypatch.setattr(methods.Trimtab, "step", step)
+    record = run_cell("tabular", "trimtab-plus-stability", 1e-3, 0, 12, evals=2)
+    assert seen and all(callable(c) for c in seen)
+    assert math.isfinite(record["final"])
+    record = run_cell("tabular", "trimtab-plus-noise", 1e-3, 0, 12, evals=2)
+    assert math.isfinite(record["final"])

@@ -20,11 +20,15 @@ from trimtab.types import Action, Knob
 GROUPS = ("body", "head")  # "body" reads as a backbone to fine_tuning
 
 
-def drive(seed, steps=3000, observe_every=20, total_steps=None, extra=(), drift=None):
-    """``extra``: policies run besides the defaults; ``drift``: the level around which
-    noisy ``drift/<group>`` readings arrive every 10 steps (``None``: no drift probe)."""
+def drive(seed, steps=3000, observe_every=20, total_steps=None, extra=(), drift=None, ratio=0.3):
+    """``extra``: policies (names or instances) run besides the defaults; ``drift``: the
+    level around which noisy ``drift/<group>`` readings arrive every 10 steps (``None``:
+    no drift probe); ``ratio``: lr x sharpness over the stability threshold, for the
+    noise and stability policies' readings (sent whenever ``extra`` is given)."""
     rng = random.Random(seed)
-    policies = [POLICIES[name]() for name in DEFAULT_POLICIES] + list(extra)
+    policies = [POLICIES[name]() for name in DEFAULT_POLICIES]
+    policies += [POLICIES[p]() if isinstance(p, str) else p for p in extra]
+    by_policy: dict[tuple, list[int]] = {}
     states = {p.name: p.initial_state() for p in policies}
     arbiter, signals, multipliers = Arbiter(), Signals(), {}
     moves: dict[tuple, list[int]] = {}
@@ -42,6 +46,8 @@ def drive(seed, steps=3000, observe_every=20, total_steps=None, extra=(), drift=
                 values[f"update_ratio/{group}"] = 2e-3 * math.exp(0.1 * rng.gauss(0, 1))
             if step % 10 == 0 and drift is not None:
                 values[f"drift/{group}"] = drift * math.exp(0.1 * rng.gauss(0, 1))
+        if extra:
+            values.update(extra_signals(rng, step, ratio))
         signals.record(step, values)
         if step and step % observe_every == 0:
             signals.observe(step, {"val_loss": 1.1 + 0.03 * rng.gauss(0, 1)})
@@ -59,7 +65,32 @@ def drive(seed, steps=3000, observe_every=20, total_steps=None, extra=(), drift=
                 key = (d.proposal.knob, d.group)
                 multipliers[key] = d.new
                 moves.setdefault(key, []).append(1 if d.new > d.old else -1)
+                by_policy.setdefault((d.proposal.policy, *key), []).append(
+                    1 if d.new > d.old else -1
+                )
+    drive.by_policy = by_policy  # per-policy directions, for the tests that want them
     return moves, multipliers, actions
+
+
+def extra_signals(rng, step, ratio=0.3):
+    """Stationary readings for the non-default noise and stability policies: SNR around
+    0.5, and lr x sharpness around ``ratio`` of the stability threshold."""
+    values = {}
+    if step % 4 == 0:  # the noise probe's block: SNR fluctuating around a constant
+        for group in GROUPS:
+            values[f"noise/snr/{group}"] = max(0.0, 0.5 * (1 + 0.4 * rng.gauss(0, 1)))
+    if step % 10 == 0:  # secant proxy
+        values["grad_stats/secant"] = 5.0 * math.exp(0.2 * rng.gauss(0, 1))
+    if step % 50 == 0:  # exact curvature: lr x sharpness at 60% of the threshold, noisy
+        lam = 10.0 * math.exp(0.1 * rng.gauss(0, 1))
+        values.update(
+            {
+                "curvature/lambda": lam,
+                "curvature/coefficient": 2.0,
+                "curvature/ratio": ratio * lam / 10.0,
+            }
+        )
+    return values
 
 
 def flips(directions):
@@ -83,6 +114,30 @@ def test_no_knob_flips_direction_under_stationary_noise(seed):
 
 def test_the_counter_sees_oscillation_when_there_is_some():
     assert flips([1, -1, 1, -1]) == 3 and flips([-1, -1, -1]) == 0
+
+
+def drive_alone(seed, ratio, steps=3000):
+    """The two new policies and the arbiter alone on their stationary readings."""
+    rng = random.Random(seed)
+    policies = [POLICIES["noise"](), POLICIES["stability"]()]
+    states = {p.name: p.initial_state() for p in policies}
+    arbiter, signals, multipliers = Arbiter(), Signals(), {}
+    moves: dict[tuple, list[int]] = {}
+    for step in range(steps):
+        signals.record(step, extra_signals(rng, step, ratio))
+        view = PolicyView(step, None, signals, GROUPS, dict(multipliers))
+        proposals = []
+        for policy in policies:
+            made, states[policy.name] = policy.propose(view, states[policy.name])
+            proposals += made
+        decisions, _ = arbiter.arbitrate(
+            proposals, step=step, groups=GROUPS, multipliers=multipliers
+        )
+        for d in decisions:
+            if d.proposal.action is Action.ADJUST:
+                multipliers[(d.proposal.knob, d.group)] = d.new
+                moves.setdefault((d.proposal.knob, d.group), []).append(1 if d.new > d.old else -1)
+    return moves
 
 
 class Recording(FineTuning):
@@ -113,3 +168,53 @@ def test_fine_tuning_does_not_oscillate_on_stationary_drift(seed, level):
         low, high = Arbiter().config.bounds[knob]
         assert low <= value <= high
     assert not {Action.RESTORE_BEST, Action.STOP, Action.ROLLBACK, Action.SKIP} & set(actions)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("ratio", [0.3, 0.6, 0.75])
+def test_noise_and_stability_never_flip_a_knob_on_stationary_readings(seed, ratio):
+    """Far below, near and at the margin of the stability threshold (0.75 with 10 %
+    sharpness noise crosses 0.8 now and then): cuts at most, never a cut-restore cycle."""
+    moves = drive_alone(seed, ratio)
+    for key, directions in moves.items():
+        assert flips(directions) == 0, (key, directions)
+    if ratio < 0.8 * 0.9:
+        assert not moves  # nothing to do: no cut on noise alone
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("ratio", [0.3, 0.6])
+def test_with_the_defaults_neither_new_policy_flips_its_own_moves(seed, ratio):
+    """Next to the default policies an early-phase raise (x2, x4) can cross the
+    threshold: stability cuts,
+    and gives the cut back after the plateau's cuts have made room. The knob then moves
+    both ways across policies, which is each doing its job; what must not happen is one
+    policy alternating its own cuts and restores."""
+    _, multipliers, actions = drive(seed, extra=("noise", "stability"), ratio=ratio)
+    for (knob, _), value in multipliers.items():
+        low, high = Arbiter().config.bounds[knob]
+        assert low <= value <= high
+    assert not {Action.RESTORE_BEST, Action.STOP, Action.ROLLBACK, Action.SKIP} & set(actions)
+    mine = {k: v for k, v in drive.by_policy.items() if k[0] in ("noise", "stability")}
+    for key, directions in mine.items():
+        assert flips(directions) <= 1, (key, directions)
+
+
+def test_the_extra_policies_see_their_signals_in_the_oscillation_drive():
+    """The drive above is only a test if the two policies read something: check that
+    the same readings, shifted out of the stationary regime, do make them act."""
+    from trimtab.policies import Noise, Stability
+
+    signals = Signals()
+    rng = random.Random(0)
+    for step in range(200):
+        signals.record(step, extra_signals(rng, step))
+    view = PolicyView(200, None, signals, GROUPS, {})
+    assert signals.window("noise/snr/body") and signals.get("curvature/ratio") is not None
+    signals.record(
+        200, {"curvature/lambda": 20.0, "curvature/coefficient": 2.0, "curvature/ratio": 2.4}
+    )
+    stability = Stability()
+    made, _ = stability.propose(view, stability.initial_state())
+    assert {p.group for p in made} == set(GROUPS)
+    assert Noise().requires == ("noise",)

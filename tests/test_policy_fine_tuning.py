@@ -106,7 +106,7 @@ def test_drift_over_the_limit_that_stopped_growing_is_left_alone():
 def test_drift_well_under_the_limit_undoes_only_the_policys_own_cuts():
     policy = FineTuning(limit=0.1, ease=1.25, cooldown=50)
     # over the limit and growing (one cut), then the weights come back under half of it
-    drifts = [0.08 + 0.01 * i for i in range(8)] + [0.02] * 30
+    drifts = [0.08 + 0.01 * i for i in range(13)] + [0.02] * 30
     signals, state, moves = Signals(), policy.initial_state(), []
     multipliers = {(Knob.LR, "backbone"): 1.0}
     for i, value in enumerate(drifts):

@@ -141,8 +141,8 @@ class Regime:
         built_probes = _resolve(probes, PROBES, Probe, "probe")
         built_policies = _resolve(policies, POLICIES, Policy, "policy")
         present = {p.name for p in built_probes}
-        if default_probes:
-            for policy in built_policies:
+        for policy in built_policies:
+            if default_probes or policy.adds_probes:
                 for name in policy.requires:
                     if name not in present and name in PROBES:
                         built_probes.append(PROBES[name]())

@@ -9,8 +9,10 @@ from trimtab.policies.clipping import Clipping
 from trimtab.policies.early_phase import EarlyPhase
 from trimtab.policies.fine_tuning import FineTuning
 from trimtab.policies.momentum import Momentum
+from trimtab.policies.noise import Noise
 from trimtab.policies.plateau import Plateau
 from trimtab.policies.regularization import Regularization
+from trimtab.policies.stability import Stability
 from trimtab.policies.stability_guard import StabilityGuard
 
 POLICIES = MappingProxyType(
@@ -22,6 +24,8 @@ POLICIES = MappingProxyType(
         Momentum.name: Momentum,
         Clipping.name: Clipping,
         FineTuning.name: FineTuning,
+        Noise.name: Noise,
+        Stability.name: Stability,
     }
 )
 DEFAULT_POLICIES = ("stability_guard", "early_phase", "regularization", "plateau")
@@ -33,10 +37,12 @@ __all__ = [
     "EarlyPhase",
     "FineTuning",
     "Momentum",
+    "Noise",
     "Plateau",
     "Policy",
     "PolicyState",
     "PolicyView",
     "Regularization",
+    "Stability",
     "StabilityGuard",
 ]

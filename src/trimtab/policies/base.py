@@ -45,6 +45,9 @@ class Policy:
     name: str = "policy"
     knobs: tuple[Knob, ...] = ()  # knobs the policy may adjust besides lr
     requires: tuple[str, ...] = ()  # probes whose signals it reads
+    # Regime adds a requested policy's missing ``requires`` probes (default settings) when
+    # probes= is left at its default; True: also into a probe set the user chose
+    adds_probes: bool = False
 
     def initial_state(self) -> PolicyState:
         return {}

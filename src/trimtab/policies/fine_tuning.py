@@ -14,7 +14,8 @@ Which group is which comes from the param groups' names (``"backbone"``, ``"enco
   many steps and the adaptive multiplier stays free for the drift rule.
 * Drift limit. The ``drift`` probe reports ||w - w0|| / ||w0|| per group. Every
   ``period`` steps, if the median of the last ``window`` readings is above ``limit`` and
-  still growing (a significant least-squares slope over the readings held), the
+  still growing (a significant least-squares slope over the readings held, at this
+  decision and the one before), the
   backbone's LR multiplier is cut by ``cut`` (at most every ``cooldown`` steps, never
   below ``floor``). The cut is provisional: it expects the drift to grow more slowly,
   and the next decision logs a verdict. Well under the limit (below ``ease_below`` x
@@ -197,7 +198,7 @@ class FineTuning(Policy):
     def initial_state(self) -> PolicyState:
         # owed: per group, the factor of its own cuts not yet eased back (easing undoes
         # only what this policy cut, never another policy's cut)
-        return {"stage": None, "drift": {}, "moved": {}, "trial": {}, "owed": {}}
+        return {"stage": None, "drift": {}, "moved": {}, "trial": {}, "owed": {}, "grew": {}}
 
     def propose(self, view: PolicyView, state: PolicyState) -> tuple[list[Proposal], PolicyState]:
         backbone = [g for g in view.groups if self.is_backbone(g)]
@@ -253,7 +254,13 @@ class FineTuning(Policy):
         if len(readings) < self.window:
             return []
         level = stats.median([v for _, v in readings[-self.window :]])
-        rate, growing = _growth(readings)
+        rate, significant = _growth(readings)
+        # growth must show at two decisions in a row: the readings held overlap, and at a
+        # stationary level one significant slope in ~20 decisions is chance
+        grew = dict(state.get("grew", {}))
+        growing = significant and grew.get(group, False)
+        grew[group] = significant
+        state["grew"] = grew
         evidence = {f"drift/{group}": level, "limit": self.limit, "drift_rate": rate}
         proposals = []
         trial = state["trial"].pop(group, None)
