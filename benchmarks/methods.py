@@ -17,6 +17,7 @@ import torch
 
 import trimtab
 from benchmarks.tasks import Setup
+from trimtab.probes import DEFAULT_PROBES
 
 
 def _warmup_cosine(steps: int, warmup: float = 0.05) -> Callable[[int], float]:
@@ -200,8 +201,16 @@ class Trimtab(Method):
         policies += (self.extra,) if self.extra else ()
         # the clipping policy acts only where the run clips: start from the common 1.0
         clip = 1.0 if self.extra == "clipping" else None
+        # a candidate that reads a probe outside the defaults (shift) gets that probe too
+        needs = trimtab.policies.POLICIES[self.extra].requires if self.extra else ()
+        probes = (*DEFAULT_PROBES, *(p for p in needs if p not in DEFAULT_PROBES))
         self.regime = trimtab.Regime(
-            setup.model, self.optimizer, total_steps=steps, policies=policies, max_grad_norm=clip
+            setup.model,
+            self.optimizer,
+            total_steps=steps,
+            policies=policies,
+            probes=probes,
+            max_grad_norm=clip,
         )
 
     def step(self, loss):

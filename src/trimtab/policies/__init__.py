@@ -10,6 +10,7 @@ from trimtab.policies.early_phase import EarlyPhase
 from trimtab.policies.momentum import Momentum
 from trimtab.policies.plateau import Plateau
 from trimtab.policies.regularization import Regularization
+from trimtab.policies.shift import Shift
 from trimtab.policies.stability_guard import StabilityGuard
 
 POLICIES = MappingProxyType(
@@ -20,6 +21,7 @@ POLICIES = MappingProxyType(
         Regularization.name: Regularization,
         Momentum.name: Momentum,
         Clipping.name: Clipping,
+        Shift.name: Shift,
     }
 )
 DEFAULT_POLICIES = ("stability_guard", "early_phase", "regularization", "plateau")
@@ -35,5 +37,6 @@ __all__ = [
     "PolicyState",
     "PolicyView",
     "Regularization",
+    "Shift",
     "StabilityGuard",
 ]
