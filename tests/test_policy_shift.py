@@ -186,3 +186,21 @@ def test_a_seeded_run_on_a_shifting_stream_raises_after_the_shift_and_returns():
     # comes once that ramp is done and still speeds up the rest of the adaptation
     after = slice(events[0].step, events[0].step + 100)
     assert sum(losses[after]) < 0.9 * sum(plain[after])
+
+
+def test_after_stale_cuts_the_raise_climbs_to_twice_the_users_lr_and_returns_to_the_cut():
+    """LR cut to a quarter on the old data: the peak is 2x the user's value, not 2x the cut."""
+    rng = random.Random(5)
+    script = Script(Shift(quiet=10, decay_steps=3, decay_every=15))
+    script.multipliers[(Knob.LR, "g0")] = 0.25
+    settle(script, rng)
+    script.feed(2.0, alarm=1.0)
+    lrs = []
+    for i in range(250):
+        script.feed(2.0 * max(0.3, 1 - i / 60) + 0.02 * rng.gauss(0, 1))
+        lrs.append(script.lr)
+    ups = [p for _, p in script.made if p.knob is Knob.LR and p.factor > 1]
+    assert [p.factor for p in ups] == pytest.approx([2.0, 2.0, 2.0])
+    assert max(lrs) == pytest.approx(2.0)  # raise_factor x the user's value, never more
+    assert "stale" in ups[0].reason and ups[0].signals["peak"] == pytest.approx(8.0)
+    assert script.lr == pytest.approx(0.25)  # back to the prior multiplier

@@ -123,7 +123,7 @@ class Shift(Policy):
             "level": None,  # median loss at confirmation
             "pending": None,  # {"before": multipliers, "factor": f} of the last LR ask
             "owed": 0.0,  # log of the raise still to be taken back
-            "goal": 0.0,  # log of the whole raise
+            "peak": 1.0,  # the LR multiplier the raise climbs to
             "per_decay": 0.0,  # log of one decay factor
             "raised_step": None,
             "verdict": False,
@@ -176,7 +176,7 @@ class Shift(Policy):
             state.update(phase="idle", after=[], baseline=[*before, *after][-_BASELINE:])
             return []
         prior = min(view.multiplier(Knob.LR, g) for g in view.groups)
-        goal = math.log(self.raise_factor * max(prior, 1.0) / prior)
+        peak = self.raise_factor * max(prior, 1.0)
         state.update(
             phase="raising",
             confirmed_step=view.step,
@@ -184,26 +184,29 @@ class Shift(Policy):
             after=[],
             verdict=False,
             owed=0.0,
-            goal=goal,
+            peak=peak,
             raised_step=None,
         )
         return [self._raise(view, state, evidence), *self._rebalance(view, evidence)]
 
     def _raise(self, view: PolicyView, state: PolicyState, evidence: dict[str, float]) -> Proposal:
-        factor = min(self.raise_factor, math.exp(state["goal"] - state["owed"]))
+        # relative to the multiplier now: another policy's moves since (the guard's ramp
+        # back) count toward the peak, which stays an absolute bound
+        current = min(view.multiplier(Knob.LR, g) for g in view.groups)
+        factor = min(self.raise_factor, state["peak"] / current)
         state["pending"] = {
             "before": {g: view.multiplier(Knob.LR, g) for g in view.groups},
             "factor": factor,
         }
         state["last_move"] = view.step
-        peak = math.exp(state["goal"])
+        peak = state["peak"] / current
         if state["owed"] > 0:
             return Proposal(
                 policy=self.name,
                 reason=(
                     f"distribution shift confirmed at step {state['confirmed_step']}: the raise "
-                    f"climbs on, lr x{factor:.3g} (x{math.exp(state['owed']):.3g} of "
-                    f"x{peak:.3g} so far)"
+                    f"climbs on, lr x{factor:.3g} (x{math.exp(state['owed']):.3g} so far, "
+                    f"towards multiplier {state['peak']:.3g})"
                 ),
                 priority=Priority.SPEED,
                 knob=Knob.LR,
@@ -280,7 +283,8 @@ class Shift(Policy):
                 if state["raised_step"] is None:
                     state.update(raised_step=view.step - 1, after=[])
                 state["owed"] += applied
-                if state["owed"] >= state["goal"] - 1e-6:
+                current = min(view.multiplier(Knob.LR, g) for g in view.groups)
+                if current >= state["peak"] * (1 - 1e-6):
                     state.update(phase="raised", per_decay=state["owed"] / self.decay_steps)
             elif state["phase"] == "raised" and applied is not None:
                 state["owed"] = max(0.0, state["owed"] + applied)
@@ -293,10 +297,17 @@ class Shift(Policy):
                 return []  # the raise was refused throughout: too late to help now
             state.update(phase="raised", per_decay=state["owed"] / self.decay_steps)
         if state["phase"] == "raising":
-            if min(view.step - state["lr_moved"], view.step - state["last_move"]) >= self.quiet:
+            current = min(view.multiplier(Knob.LR, g) for g in view.groups)
+            if current >= state["peak"] * (1 - 1e-6):  # others brought it there already
+                if state["owed"] <= 0:
+                    state.update(phase="idle", ended=view.step, after=[], baseline=[])
+                    return []
+                state.update(phase="raised", per_decay=state["owed"] / self.decay_steps)
+            elif min(view.step - state["lr_moved"], view.step - state["last_move"]) >= self.quiet:
                 evidence = {"level": state["level"], "retry": 1.0}
                 return [self._raise(view, state, {**evidence, **self._evidence(state)})]
-            return []
+            if state["phase"] == "raising":
+                return []
         since = view.step - state["raised_step"]
         if not state["verdict"] and since >= self.verdict_after and state["after"]:
             state["verdict"] = True
