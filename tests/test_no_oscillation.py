@@ -11,23 +11,37 @@ import math
 import random
 
 import pytest
+import torch
 
 from trimtab.arbiter import Arbiter
 from trimtab.policies import DEFAULT_POLICIES, POLICIES, FineTuning, PolicyView
+from trimtab.probes import PageHinkley
 from trimtab.signals import Signals
 from trimtab.types import Action, Knob
 
 GROUPS = ("body", "head")  # "body" reads as a backbone to fine_tuning
 
 
-def drive(seed, steps=3000, observe_every=20, total_steps=None, extra=(), drift=None, ratio=0.3):
+def drive(
+    seed,
+    steps=3000,
+    observe_every=20,
+    total_steps=None,
+    extra=(),
+    drift=None,
+    ratio=0.3,
+    blips=None,
+):
     """``extra``: policies (names or instances) run besides the defaults; ``drift``: the
     level around which noisy ``drift/<group>`` readings arrive every 10 steps (``None``:
     no drift probe); ``ratio``: lr x sharpness over the stability threshold, for the
-    noise and stability policies' readings (sent whenever ``extra`` is given)."""
+    noise and stability policies' readings (sent when either runs); ``blips``: a list
+    that collects the shift detector's alarms, with a 3-batch loss burst every 500 steps."""
     rng = random.Random(seed)
     policies = [POLICIES[name]() for name in DEFAULT_POLICIES]
     policies += [POLICIES[p]() if isinstance(p, str) else p for p in extra]
+    names = {p.name for p in policies}
+    detectors = {s: PageHinkley() for s in ("loss", "grad")} if "shift" in names else {}
     by_policy: dict[tuple, list[int]] = {}
     states = {p.name: p.initial_state() for p in policies}
     arbiter, signals, multipliers = Arbiter(), Signals(), {}
@@ -46,8 +60,16 @@ def drive(seed, steps=3000, observe_every=20, total_steps=None, extra=(), drift=
                 values[f"update_ratio/{group}"] = 2e-3 * math.exp(0.1 * rng.gauss(0, 1))
             if step % 10 == 0 and drift is not None:
                 values[f"drift/{group}"] = drift * math.exp(0.1 * rng.gauss(0, 1))
-        if extra:
+        if names & {"noise", "stability"}:
             values.update(extra_signals(rng, step, ratio))
+        if blips is not None and step % 500 in (300, 301, 302):  # a 3-batch burst
+            values["loss/train"] *= 3.0
+        for stream, detector in detectors.items():  # the shift probe, on the same noise
+            reading = values["loss/train" if stream == "loss" else "grad_norm/global"]
+            reading = reading if stream == "loss" else math.log(reading)
+            values[f"shift/{stream}_alarm"] = detector.update(torch.tensor(reading)).item()
+            if blips is not None:
+                blips.append(values[f"shift/{stream}_alarm"])
         signals.record(step, values)
         if step and step % observe_every == 0:
             signals.observe(step, {"val_loss": 1.1 + 0.03 * rng.gauss(0, 1)})
@@ -218,3 +240,17 @@ def test_the_extra_policies_see_their_signals_in_the_oscillation_drive():
     made, _ = stability.propose(view, stability.initial_state())
     assert {p.group for p in made} == set(GROUPS)
     assert Noise().requires == ("noise",)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_shift_policy_adds_no_oscillation_under_stationary_noise(seed):
+    """Noise, and 3-batch bursts that fire the detector, never get through its persistence
+    window: the knobs move exactly as they do without the shift policy."""
+    moves, _, actions = drive(seed, extra=("shift",))
+    baseline, _, _ = drive(seed)
+    assert moves == baseline  # no shift raise, decay or weight-decay move on noise
+    assert not {Action.RESTORE_BEST, Action.STOP, Action.ROLLBACK, Action.SKIP} & set(actions)
+    alarms = []
+    moves, _, _ = drive(seed, extra=("shift",), blips=alarms)
+    assert sum(alarms) >= 3  # the bursts did fire the detector
+    assert moves == drive(seed, blips=[])[0]

@@ -12,6 +12,7 @@ from trimtab.policies.momentum import Momentum
 from trimtab.policies.noise import Noise
 from trimtab.policies.plateau import Plateau
 from trimtab.policies.regularization import Regularization
+from trimtab.policies.shift import Shift
 from trimtab.policies.stability import Stability
 from trimtab.policies.stability_guard import StabilityGuard
 
@@ -26,6 +27,7 @@ POLICIES = MappingProxyType(
         FineTuning.name: FineTuning,
         Noise.name: Noise,
         Stability.name: Stability,
+        Shift.name: Shift,
     }
 )
 DEFAULT_POLICIES = ("stability_guard", "early_phase", "regularization", "plateau")
@@ -43,6 +45,7 @@ __all__ = [
     "PolicyState",
     "PolicyView",
     "Regularization",
+    "Shift",
     "Stability",
     "StabilityGuard",
 ]

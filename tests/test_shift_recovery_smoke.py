@@ -1,0 +1,23 @@
+"""The shift-recovery benchmark runs tiny end to end and writes its section between markers."""
+
+from benchmarks import shift_recovery
+
+
+def test_a_tiny_shift_recovery_run_writes_its_table_between_markers(tmp_path):
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# Results\n\nkept text\n")
+    argv = ["--results", str(results), "--seeds", "1", "--steps", "80", "--every", "10"]
+    argv += ["--lrs", "3e-3", "--methods", "adamw", "trimtab-plus-shift"]
+    assert shift_recovery.main(argv) == 0
+    text = results.read_text()
+    assert "kept text" in text and text.count(shift_recovery.START) == 1
+    assert "| adamw | 0.003 |" in text and "| trimtab-plus-shift | 0.003 |" in text
+    assert shift_recovery.main(argv) == 0  # a rerun replaces the section, not appends
+    assert results.read_text().count(shift_recovery.START) == 1
+
+
+def test_recovery_is_counted_from_the_shift_on_the_current_distribution():
+    record = shift_recovery.run("adamw", 3e-3, 0, 200, 10)
+    assert 0.0 <= record["pre"] <= 1.0 and 0.0 <= record["final"] <= 1.0
+    assert record["recovery"] is None or 0 < record["recovery"] <= 100
+    assert record["recovery"] is not None  # plain AdamW adapts within 100 steps here
