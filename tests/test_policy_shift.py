@@ -85,6 +85,19 @@ def test_a_short_burst_with_an_alarm_changes_nothing(burst):
     assert script.made == [] and script.lr == 1.0
 
 
+def test_non_finite_losses_before_any_shift_are_left_to_the_guard():
+    """A NaN batch (the fault harness) on a quiet run: nothing to do, and no crash."""
+    rng = random.Random(3)
+    script = Script(Shift())
+    for _ in range(5):  # too early for a baseline, then with one
+        script.feed(float("nan"))
+    settle(script, rng)
+    script.feed(float("nan"), alarm=1.0)
+    script.feed(float("inf"))
+    settle(script, rng, steps=100)
+    assert script.made == [] and script.lr == 1.0
+
+
 def test_a_raise_that_does_not_help_is_reverted_at_once():
     rng = random.Random(2)
     script = Script(Shift(verdict_after=30, decay_every=15, decay_steps=6))

@@ -149,9 +149,10 @@ class Shift(Policy):
             quiet = state["ended"] is None or view.step - state["ended"] >= self.min_gap
             if alarm and quiet and len(state["baseline"]) >= self.persistence:
                 state.update(phase="candidate", alarm_step=view.step, after=[])
-            elif finite:
-                state["baseline"] = [*state["baseline"], loss][-_BASELINE:]
-                return [], state
+            else:
+                if finite:
+                    state["baseline"] = [*state["baseline"], loss][-_BASELINE:]
+                return [], state  # a non-finite loss is the guard's business, not a shift
         if finite:
             state["after"] = [*state["after"], loss]
         if state["phase"] == "candidate":
