@@ -205,6 +205,36 @@ def test_adam_curvature_is_preconditioned_against_38_over_lr():
     assert out["curvature/coefficient"].item() == pytest.approx(38.0)
 
 
+class _Attention(torch.nn.Module):
+    """One causal self-attention layer on the fused kernel, as small transformers use."""
+
+    def __init__(self):
+        super().__init__()
+        self.qkv, self.out = torch.nn.Linear(8, 24), torch.nn.Linear(8, 1)
+
+    def forward(self, x):
+        heads = self.qkv(x).unflatten(-1, (3, 2, 4)).permute(2, 0, 3, 1, 4)  # (3, B, H, L, D)
+        mixed = torch.nn.functional.scaled_dot_product_attention(*heads, is_causal=True)
+        return self.out(mixed.transpose(1, 2).flatten(2)).mean(dim=(1, 2))
+
+
+def test_curvature_reads_through_fused_attention_kernels():
+    """The fused CPU attention kernel has no double backward; the probe's closure runs
+    on the math kernel, so a transformer gets a reading instead of a crash."""
+    torch.manual_seed(0)
+    model = _Attention()
+    x, y = torch.randn(4, 6, 8), torch.randn(4)
+    closure = lambda: torch.nn.functional.mse_loss(model(x), y)  # noqa: E731
+    loss = closure()
+    grads = torch.autograd.grad(loss, list(model.parameters()), create_graph=True)
+    with pytest.raises(RuntimeError, match="derivative"):  # the failure the probe avoids
+        torch.autograd.grad(grads[0].sum(), list(model.parameters()))
+    out = CurvatureProbe(every=1, iterations=3).before_step(
+        ctx_for(model, 0, closure=closure, optimizers=(torch.optim.SGD(model.parameters()),))
+    )
+    assert math.isfinite(out["curvature/lambda"].item()) and out["curvature/lambda"] != 0
+
+
 def test_curvature_without_a_closure_emits_nothing():
     model = tiny_mlp()
     assert CurvatureProbe().before_step(ctx_for(model, 0)) == {}

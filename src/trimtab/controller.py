@@ -96,16 +96,13 @@ class Controller:
             for p in self.policies
             if getattr(type(p), "planned_lr", Policy.planned_lr) is not Policy.planned_lr
         )
-        # per-slot upper bounds some policies impose (the lowest wins)
-        self._ceilings: dict[tuple[Knob, str], float] = {}
-        for policy in self.policies:
-            ceiling = getattr(policy, "multiplier_ceiling", None)
-            for knob in (*Knob,) if ceiling is not None else ():
-                for group in self.group_names:
-                    value = ceiling(knob, group)
-                    if value is not None:
-                        slot = (knob, group)
-                        self._ceilings[slot] = min(value, self._ceilings.get(slot, value))
+        # policies that bound other policies' multipliers (e.g. a backbone's LR)
+        self._capping = tuple(
+            p
+            for p in self.policies
+            if getattr(type(p), "multiplier_ceiling", Policy.multiplier_ceiling)
+            is not Policy.multiplier_ceiling
+        )
         for policy in self._planners:  # surface a plan's configuration errors now
             for group in self.group_names:
                 policy.planned_lr(0, total_steps, group)
@@ -237,7 +234,7 @@ class Controller:
             step=self.step,
             groups=self.group_names,
             multipliers=self.multipliers,
-            ceilings=self._ceilings,
+            ceilings=self._ceilings(),
         )
         self.rejections.extend(rejections)
         outcome = self._enact(decisions, bases)
@@ -375,6 +372,18 @@ class Controller:
                 reason = f"{proposal.reason} (restored the weights of step {kept})"
                 self._record(Event(**{**event.__dict__, "reason": reason}))
         return outcome
+
+    def _ceilings(self) -> dict[tuple[Knob, str], float]:
+        """Per-slot upper bounds the capping policies set now (the lowest wins)."""
+        ceilings: dict[tuple[Knob, str], float] = {}
+        for policy in self._capping:
+            for knob in Knob:
+                for group in self.group_names:
+                    value = policy.multiplier_ceiling(knob, group, self.multipliers)
+                    if value is not None:
+                        slot = (knob, group)
+                        ceilings[slot] = min(value, ceilings.get(slot, value))
+        return ceilings
 
     def _plan_event(self, proposal: Proposal, bases: Mapping[tuple[Knob, str], float]) -> Event:
         """A planned base change, with the effective value it leads to (``new``)."""

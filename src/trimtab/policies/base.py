@@ -68,11 +68,14 @@ class Policy:
         """
         return 1.0
 
-    def multiplier_ceiling(self, knob: Knob, group: str) -> float | None:
-        """The highest multiplier any policy may give ``knob`` on ``group``, or ``None``.
+    def multiplier_ceiling(
+        self, knob: Knob, group: str, multipliers: Mapping[tuple[Knob, str], float]
+    ) -> float | None:
+        """The highest multiplier any policy may give ``knob`` on ``group`` now, or ``None``.
 
-        Read once when the run is built; the arbiter lowers that slot's upper bound to it
-        (e.g. speed policies must not raise a pretrained backbone's LR).
+        Asked before each decision with the current multipliers; the arbiter lowers that
+        slot's upper bound to it (e.g. a pretrained backbone's LR may not outgrow its
+        head's). Pure in its arguments.
         """
         return None
 

@@ -16,6 +16,10 @@ optimizers) and ``curvature/coefficient`` (2, 2+2b or 38-like), so a policy can 
 user's base LR. It needs ``regime.step(closure=...)`` (a function recomputing the loss on
 the current batch): without a closure it emits nothing. The eigenvector is warm-started
 from the previous reading, so a few iterations per reading suffice.
+
+The closure's forward pass runs with PyTorch's math attention kernel: the fused
+``scaled_dot_product_attention`` kernels (flash, memory-efficient) have no second
+derivative, and the Hessian-vector products need one.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from trimtab import _checks
 from trimtab.probes.base import Cost, Probe, StepContext
@@ -64,7 +69,7 @@ class CurvatureProbe(Probe):
             return {}
         params = [p for g in ctx.groups for p in g.params]
         precondition, coefficient, lr = self._optimizer_terms(ctx, params)
-        with torch.enable_grad():
+        with torch.enable_grad(), sdpa_kernel(SDPBackend.MATH):  # twice differentiable
             loss = ctx.closure()
             grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
         grads = [
