@@ -18,6 +18,7 @@ from typing import Any
 from benchmarks.methods import ABLATIONS, CANDIDATES, MAIN_METHODS
 from benchmarks.run import execute, plan
 from benchmarks.scoring import _value
+from benchmarks.sections import replace_section
 from benchmarks.tasks import QUICK_TASKS, TASKS
 
 START = "<!-- ablation:start -->"
@@ -116,14 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         END,
     ]
-    results = Path(args.results)
-    text = results.read_text() if results.exists() else "# Results\n"
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        text = head + "\n".join(block) + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n" + "\n".join(block) + "\n"
-    results.write_text(text)
+    replace_section(Path(args.results), START, END, block)
     print("\n".join(lines))
     return 0
 

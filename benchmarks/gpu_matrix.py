@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from benchmarks.sections import replace_section
 from trimtab import Outcome, Regime, build_optimizer
 
 FAMILIES = ("sgd", "adam", "adamw", "lion", "lamb", "schedulefree_adamw", "prodigy", "muon")
@@ -292,14 +293,7 @@ def markers(device: str) -> tuple[str, str]:
 
 
 def write_section(results: Path, lines: list[str], device: str) -> None:
-    start, end = markers(device)
-    text = results.read_text() if results.exists() else "# Results\n"
-    if start in text and end in text:
-        head, rest = text.split(start, 1)
-        text = head + "\n".join(lines) + rest.split(end, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n" + "\n".join(lines) + "\n"
-    results.write_text(text)
+    replace_section(results, *markers(device), lines)
 
 
 def main(argv: list[str] | None = None) -> int:

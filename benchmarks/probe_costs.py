@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.overhead import interleaved
+from benchmarks.sections import replace_section
 from trimtab.probes import DEFAULT_PROBES, PRESETS, PROBES, PageHinkley
 
 REQUIRED = ("loss", "grad_norm", "nonfinite")
@@ -134,15 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         "",
         END,
     ]
-    path = Path(args.results)
-    text = path.read_text() if path.exists() else "# Results\n"
-    if START in text:
-        head, rest = text.split(START, 1)
-        text = head + "\n".join(lines) + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n" + "\n".join(lines) + "\n"
-    path.write_text(text)
-    print(f"wrote {path}")
+    replace_section(Path(args.results), START, END, lines)
+    print(f"wrote {args.results}")
     return 0
 
 

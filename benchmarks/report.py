@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.scoring import R_MAX, TaskScore, performance_profile_scores, score_task
+from benchmarks.sections import replace_section
 from benchmarks.tasks import TASKS
 
 START = "<!-- benchmark:start -->"
@@ -89,13 +90,7 @@ def write(
         "",
         end,
     ]
-    text = results.read_text() if results.exists() else "# Results\n"
-    if start in text and end in text:
-        head, rest = text.split(start, 1)
-        text = head + "\n".join(lines) + rest.split(end, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n" + "\n".join(lines) + "\n"
-    results.write_text(text)
+    replace_section(results, start, end, lines)
 
 
 def _summary(scores: list[TaskScore], methods: list[str]) -> list[str]:

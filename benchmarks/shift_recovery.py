@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.methods import MAIN_METHODS, METHODS
+from benchmarks.sections import replace_section
 from benchmarks.tasks import Setup, _ce, _classification_eval, _mlp, _one_group
 
 START = "<!-- shift_recovery:start -->"
@@ -164,13 +165,7 @@ def write_section(path: Path, lines: list[str], args: argparse.Namespace, second
         "",
         END,
     ]
-    text = path.read_text() if path.exists() else "# Results\n"
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        text = head + "\n".join(block) + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n" + "\n".join(block) + "\n"
-    path.write_text(text)
+    replace_section(path, START, END, block)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
