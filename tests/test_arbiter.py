@@ -178,3 +178,33 @@ def test_a_ceiling_caps_raises_of_one_slot_and_leaves_cuts_and_other_slots_alone
         ceilings=ceilings,
     )
     assert "ceiling" in rejection.why
+
+
+def test_an_undo_takes_back_the_proposers_own_last_change_past_cooldown_and_rate_limits():
+    arbiter = Arbiter()
+    cut = Proposal("guard", "diverged", Priority.SAFETY, knob=Knob.LR, group="g0", factor=0.3)
+    (d,), _ = arbiter.arbitrate([cut], step=0, groups=GROUPS, multipliers={})
+    mult = {(Knob.LR, "g0"): d.new}
+    # a plain raise at step 1 is cooling down; an undo by the same policy is not
+    back = Proposal(
+        "guard", "new data", Priority.RECOVERY, knob=Knob.LR, group="g0", target=5.0, undo=True
+    )
+    (d,), _ = arbiter.arbitrate([back], step=1, groups=GROUPS, multipliers=mult)
+    assert d.new == pytest.approx(1.0)  # where the cut began, not the 5.0 asked for
+    # another policy cannot undo the guard's change, and nothing is left after the undo
+    mult = {(Knob.LR, "g0"): 0.3}
+    other = Proposal(
+        "plateau", "x", Priority.RECOVERY, knob=Knob.LR, group="g0", factor=3, undo=True
+    )
+    arbiter = Arbiter()
+    arbiter.arbitrate([cut], step=0, groups=GROUPS, multipliers={})
+    _, (rejection,) = arbiter.arbitrate([other], step=1, groups=GROUPS, multipliers=mult)
+    assert "nothing of plateau's to undo" in rejection.why
+    # too late: outside the reversal window it is an ordinary proposal's business
+    _, (rejection,) = arbiter.arbitrate([back], step=80, groups=GROUPS, multipliers=mult)
+    assert "too old" in rejection.why
+    # the state a resume needs includes where the last change began
+    restored = Arbiter()
+    restored.load_state_dict(arbiter.state_dict())
+    (d,), _ = restored.arbitrate([back], step=2, groups=GROUPS, multipliers=mult)
+    assert d.new == pytest.approx(1.0)

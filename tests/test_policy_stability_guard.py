@@ -288,3 +288,21 @@ def test_recovery_after_repeated_divergence_keeps_a_later_cut_by_another_policy(
         script.multipliers[(Knob.LR, g)] = top / 2
     raises = [p for i in range(300) for p in script.feed(1.0 + 0.02 * math.sin(i)) if p.knob]
     assert raises == [] and script.multipliers[(Knob.LR, "g0")] == top / 2
+
+
+def test_a_rollback_that_turns_out_to_be_new_data_gives_its_lr_cut_back_at_once():
+    script = Script(StabilityGuard(sustained_steps=4))
+    for _ in range(8):
+        script.feed(3.0)
+    for i in range(60):
+        script.feed(1.0 + 0.05 * math.sin(i))
+    made = []
+    for i in range(12):  # the data got harder: the loss level doubles and stays
+        made += script.feed(2.0 + 0.05 * math.sin(i))
+    cuts = [p for p in made if p.knob is Knob.LR and p.factor is not None and p.factor < 1]
+    undos = [p for p in made if p.undo]
+    assert len(cuts) == 1 and {p.group for p in undos} == set(GROUPS)
+    assert all(p.target == pytest.approx(1.0) and "data changed" in p.reason for p in undos)
+    assert script.multipliers[(Knob.LR, "g0")] == pytest.approx(1.0)
+    # the divergence stays on record: a real one soon after counts as a repeat
+    assert script.state["last_divergence"] is not None

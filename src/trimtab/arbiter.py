@@ -140,6 +140,8 @@ class Arbiter:
         self.config = config or ArbiterConfig()
         # (knob, group) -> (step, direction, priority, policy) of the last change
         self._last: dict[tuple[Knob, str], tuple[int, int, int, str]] = {}
+        # (knob, group) -> the multiplier the last change started from (what an undo restores)
+        self._before: dict[tuple[Knob, str], float] = {}
 
     def arbitrate(
         self,
@@ -191,6 +193,7 @@ class Arbiter:
             decisions.append(Decision(winner, slot[1], old, verdict))
             direction = 1 if verdict > old else -1
             self._last[slot] = (step, direction, int(winner.priority), winner.policy)
+            self._before[slot] = old
         return decisions, rejections
 
     def _limit(
@@ -205,6 +208,8 @@ class Arbiter:
         cfg = self.config
         knob, group = slot
         last = self._last.get(slot)
+        if proposal.undo:
+            return self._undo(proposal, slot, old, step, last)
         urgent = proposal.priority is Priority.SAFETY
         if last is not None and not urgent and step - last[0] < cfg.cooldown:
             return f"{knob.value}/{group} is cooling down (moved at step {last[0]})"
@@ -236,10 +241,33 @@ class Arbiter:
             )
         return new
 
+    def _undo(self, proposal: Proposal, slot: tuple[Knob, str], old: float, step: int, last):
+        """Take back the proposer's own last change of ``slot``, at most to where it began.
+
+        A policy that learns its change was wrong (the guard's cut for a "divergence"
+        that turns out to be new data) restores the state the arbiter accepted before:
+        no new ground, so neither the cooldown nor the rate limit applies.
+        """
+        knob, group = slot
+        if last is None or last[3] != proposal.policy:
+            return f"nothing of {proposal.policy}'s to undo on {knob.value}/{group}"
+        if step - last[0] > self.config.reversal_window:
+            return f"{proposal.policy}'s change at step {last[0]} is too old to undo"
+        before = self._before.get(slot, 1.0)
+        wanted = _wanted(proposal, old)
+        if not math.isfinite(wanted) or wanted <= 0:
+            return f"asked for a non-finite or non-positive multiplier ({wanted})"
+        low, high = sorted((old, before))
+        new = min(max(wanted, low), high)  # toward the start of that change, not past it
+        if abs(math.log(new / old)) < self.config.epsilon:
+            return f"nothing left to undo ({knob.value}/{group} stays {old:.4g})"
+        return new
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "version": STATE_VERSION,
             "last": [[k.value, g, *v] for (k, g), v in sorted(self._last.items())],
+            "before": [[k.value, g, v] for (k, g), v in sorted(self._before.items())],
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -248,6 +276,8 @@ class Arbiter:
         self._last = {
             (Knob(k), g): (int(s), int(d), int(p), str(pol)) for k, g, s, d, p, pol in state["last"]
         }
+        # checkpoints from before undo existed lack it: nothing to undo then
+        self._before = {(Knob(k), g): float(v) for k, g, v in state.get("before", [])}
 
 
 def _wanted(proposal: Proposal, old: float) -> float:

@@ -83,6 +83,9 @@ class Proposal:
     factor: float | None = None
     target: float | None = None
     signals: Mapping[str, float] = field(default_factory=dict)
+    # takes back the proposing policy's own last change of this knob, no further than
+    # where that change started: exempt from the cooldown and the rate limit
+    undo: bool = False
 
 
 @dataclass(frozen=True)

@@ -178,7 +178,7 @@ class StabilityGuard(Policy):
             spike = z > self.spike_z and lost > self.lost_fraction
             high = z > self.sustained_z and lost > self.lost_fraction / 2
             if state["verifying"]:
-                verdict = self._verify(state, loss, flagged=spike or high, evidence=evidence)
+                verdict = self._verify(view, state, loss, flagged=spike or high, evidence=evidence)
                 if verdict is not None:
                     return verdict, state
             if state["suspect"] and (spike or high):
@@ -267,13 +267,23 @@ class StabilityGuard(Policy):
         return [skip], state
 
     def _verify(
-        self, state: PolicyState, loss: float, *, flagged: bool, evidence: dict[str, float]
+        self,
+        view: PolicyView,
+        state: PolicyState,
+        loss: float,
+        *,
+        flagged: bool,
+        evidence: dict[str, float],
     ) -> list[Proposal] | None:
         """Judge the losses seen right after a rollback, at the restored weights.
 
         Those weights were good, so a high loss now is about the data: a burst of bad
         batches is skipped; if it lasts ``sustained_steps`` batches the data has changed,
-        and the new level is accepted instead of rolling back in a loop.
+        and the new level is accepted instead of rolling back in a loop. The rollback's
+        LR cut answered a divergence that was not one, so it is taken back at once (an
+        undo: the new data needs steps of the old size, not a slow ramp). The divergence
+        stays on record: should the weights really diverge next, that counts as a
+        repeat, with the steeper cut.
         """
         if not flagged:
             state.update(verifying=False, shifted=[])
@@ -281,7 +291,7 @@ class StabilityGuard(Policy):
         shifted = [*state["shifted"], loss]
         if len(shifted) >= self.sustained_steps:
             state.update(losses=shifted, shifted=[], verifying=False, above_in_row=0)
-            return []
+            return self._give_back(view, state, len(shifted))
         state["shifted"] = shifted
         why = (
             f"loss {loss:.4g} is still high at the restored known-good weights "
@@ -297,6 +307,34 @@ class StabilityGuard(Policy):
                 signals=evidence,
             )
         ]
+
+    def _give_back(self, view: PolicyView, state: PolicyState, batches: int) -> list[Proposal]:
+        """Undo the rollback's LR cut per group: the jump was new data, not divergence."""
+        proposals = []
+        for group, ceiling in sorted(state["ceilings"].items()):
+            current = view.multiplier(Knob.LR, group)
+            target = ceiling["multiplier"]
+            if target <= current * 1.0001:
+                continue
+            ceiling["intended"] = target
+            proposals.append(
+                Proposal(
+                    policy=self.name,
+                    reason=(
+                        f"the loss stayed high for {batches} batches at the restored "
+                        "known-good weights: the data changed, the weights had not diverged; "
+                        f"giving back the rollback's lr cut (multiplier {current:.3g} -> "
+                        f"{target:.3g})"
+                    ),
+                    priority=Priority.RECOVERY,
+                    knob=Knob.LR,
+                    group=group,
+                    target=target,
+                    signals={"batches_high": float(batches)},
+                    undo=True,
+                )
+            )
+        return proposals
 
     def _grad_outlier(self, state: PolicyState, grad_norm: float) -> Proposal | None:
         """Skip a step whose gradient norm is far outside its recent range.
