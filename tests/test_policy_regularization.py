@@ -76,6 +76,20 @@ def test_a_rise_within_the_margin_or_the_noise_is_ignored():
     assert not any(p.action is Action.RESTORE_BEST for ps in made for p in ps)
 
 
+def test_a_rise_at_the_noise_floor_is_not_memorization():
+    """Validation fell from 1.6 to 1e-4 (a solved task): tripling to 3e-4 undoes 0.01 %
+    of the progress and must not rewind the run, though it is 200 % of the best."""
+    values = [1.6, 0.4, 0.05, 1e-3, 1e-4, 1.1e-4, 3e-4, 3.2e-4, 3.1e-4]
+    script = Script(Regularization(patience=2))
+    made = [p for i, v in enumerate(values) for p in script.observe(v, train=0.1 / (i + 1) ** 3)]
+    assert not any(p.action is Action.RESTORE_BEST for p in made)
+    # a rise that undoes a real share of the progress still is memorization
+    worse = [1.6, 1.0, 0.6, 0.4, 0.3, 0.25, 0.27, 0.3, 0.34, 0.38]
+    script = Script(Regularization(patience=2))
+    made = [p for i, v in enumerate(worse) for p in script.observe(v, train=0.1 / (i + 1) ** 3)]
+    assert any(p.action is Action.RESTORE_BEST for p in made)
+
+
 def test_nothing_counts_as_worse_before_five_observations():
     script = Script(Regularization(patience=1, min_rel_worsening=0.0))
     script.observe(0.5, train=0.5)

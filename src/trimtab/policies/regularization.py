@@ -2,7 +2,8 @@
 
 Every new best of the validation metric keeps a copy of the weights (on the CPU, once per
 improving observation). When the metric has been worse than that best by more than
-``min_rel_worsening`` of it and more than twice its own observation noise, for
+``min_rel_worsening`` of it, more than twice its own observation noise and more than
+``min_progress_share`` of the progress made since the first observation, for
 ``patience`` observations in a row *while the training loss kept falling* (by at least
 ``min_train_drop`` of it since the best), the run is
 past its best point on the validation set. The response climbs a ladder:
@@ -21,6 +22,10 @@ Weight decay is scaled with the model's parameter count through the arbiter's si
 ``decay_factor`` and the total stays within 10x the user's decay; at 1e8, at most 1.59x
 per raise and 4.6x in all. A raise shortens the AdamW timescale 1 / (lr * wd) that the
 recipe sized to the run, and a large run is the costlier one to over-regularize.
+
+The share of the progress matters at a noise floor: a validation loss that fell from 1.6
+to 1e-4 and wobbles to 3e-4 has tripled, and is no sign of memorization; a rewind there
+only cuts the LR of a run that has converged (and leaves it slow when the data changes).
 
 A validation metric that worsens while the training loss rises too is not memorization
 (the step size is wrong): that is left to the stability guard and the plateau policy.
@@ -65,6 +70,8 @@ class Regularization(Policy):
         patience: consecutive worse observations (with training still improving) that
             count as memorization.
         min_rel_worsening: how much worse than the best, relative to it, counts as worse.
+        min_progress_share: a worsening must also exceed this share of the progress made
+            since the first observation (a floor for metrics that converge near zero).
         decay_factor: weight-decay factor per rewind (> 1); groups without decay keep 0.
         max_decay_raises: how many times weight decay may be raised in one run.
         rewind_factor: LR factor applied with each rewind, in (0, 1].
@@ -86,6 +93,7 @@ class Regularization(Policy):
         mode: Literal["min", "max"] = "min",
         patience: int = 2,
         min_rel_worsening: float = 0.01,
+        min_progress_share: float = 0.01,
         decay_factor: float = 2.0,
         max_decay_raises: int = 2,
         rewind_factor: float = 0.5,
@@ -97,6 +105,9 @@ class Regularization(Policy):
         self.mode = _checks.mode("mode", mode)
         self.patience = _checks.count("patience", patience)
         self.min_rel_worsening = _checks.real("min_rel_worsening", min_rel_worsening)
+        self.min_progress_share = _checks.real("min_progress_share", min_progress_share)
+        if not 0 <= self.min_progress_share < 1:
+            raise ConfigError(f"min_progress_share must be in [0, 1), got {min_progress_share}")
         if self.min_rel_worsening < 0:
             raise ConfigError(f"min_rel_worsening must be >= 0, got {min_rel_worsening}")
         self.decay_factor = _checks.positive("decay_factor", decay_factor)
@@ -120,6 +131,7 @@ class Regularization(Policy):
             "mode",
             "patience",
             "min_rel_worsening",
+            "min_progress_share",
             "decay_factor",
             "max_decay_raises",
             "rewind_factor",
@@ -136,6 +148,7 @@ class Regularization(Policy):
             "best_step": None,
             "train_at_best": None,
             "worse": 0,
+            "first": None,  # the first observation (signed), the start of the progress
             "rewinds": 0,
             "raises": 0,
             "stopped": False,
@@ -153,6 +166,8 @@ class Regularization(Policy):
         value = sign * history[-1][1]
         losses = view.signals.window("loss/train")[-_TRAIN_WINDOW:]
         train = stats.median(losses) if losses else None
+        if state.get("first") is None:
+            state["first"] = value  # where the progress is measured from
         if state["best"] is None or value < state["best"]:
             state.update(best=value, best_step=view.step, train_at_best=train, worse=0)
             keep = Proposal(
@@ -164,7 +179,12 @@ class Regularization(Policy):
             )
             return [keep], state
         best = state["best"]
-        margin = max(self.min_rel_worsening * abs(best), 2.0 * _noise([v for _, v in history]))
+        progress = max(state["first"] - best, 0.0)
+        margin = max(
+            self.min_rel_worsening * abs(best),
+            2.0 * _noise([v for _, v in history]),
+            self.min_progress_share * progress,
+        )
         # until the noise can be estimated (five observations) nothing counts as worse
         worse = len(history) >= _MIN_OBSERVATIONS and value - best > margin
         at_best = state["train_at_best"]
