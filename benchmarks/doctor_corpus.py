@@ -29,6 +29,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+try:  # run as ``python benchmarks/doctor_corpus.py``, only this folder is on the path
+    from benchmarks.sections import replace_section
+except ModuleNotFoundError:
+    from sections import replace_section
+
 import trimtab
 from trimtab.report import diagnose, load_run
 
@@ -320,16 +325,13 @@ def markdown(tuned: dict, held: dict, seconds: float) -> str:
     return "\n".join(lines) + "\n"
 
 
+START = "<!-- doctor:start -->"
+END = "<!-- doctor:end -->"
+
+
 def write_results(section: str, path: Path) -> None:
-    """Replace (or append) the "## Doctor" section of RESULTS.md, leaving others alone."""
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    start = text.find("## Doctor")
-    if start >= 0:
-        end = text.find("\n## ", start + 1)
-        text = text[:start] + section + ("" if end < 0 else text[end + 1 :])
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
+    """Replace (or append) the doctor's marked section of RESULTS.md, leaving others alone."""
+    replace_section(path, START, END, [START, "", section.rstrip("\n"), "", END])
 
 
 def _evaluate(todo: list[Case], out: Path, on_case: Callable | None) -> dict:
