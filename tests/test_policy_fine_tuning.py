@@ -267,3 +267,7 @@ def test_speed_policies_may_not_raise_the_backbone_lr_past_the_heads():
     assert any(e.new > e.old for e in changes if e.group == "head")
     assert final < 0.6 * first
     assert drift < 0.5 * alone_drift
+    # early_phase sees the ceiling and does not try raises the arbiter would refuse (8
+    # such trials here without that); one raise clamped at the head's level remains
+    refused = [e for e in events if e.group == "backbone" and "did not happen" in e.reason]
+    assert len(refused) <= 1

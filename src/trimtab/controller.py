@@ -214,6 +214,7 @@ class Controller:
         # The groups hold the user's values until the actuator applies: read them once.
         raw = self.actuator.bases()
         bases = self._plan(raw)
+        ceilings = self._ceilings()
         view = PolicyView(
             step=self.step,
             total_steps=self.total_steps,
@@ -222,6 +223,7 @@ class Controller:
             multipliers=dict(self.multipliers),
             bases=bases,
             rewound_at=self._rewound_at,
+            ceilings=ceilings,
         )
         proposals = []
         for policy in self.policies:
@@ -234,7 +236,7 @@ class Controller:
             step=self.step,
             groups=self.group_names,
             multipliers=self.multipliers,
-            ceilings=self._ceilings(),
+            ceilings=ceilings,
         )
         self.rejections.extend(rejections)
         outcome = self._enact(decisions, bases)

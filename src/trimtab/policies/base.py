@@ -30,6 +30,8 @@ class PolicyView:
     # step at which the weights were last rewound to a kept best (``RESTORE_BEST``):
     # histories a policy keeps of the abandoned trajectory no longer describe the weights
     rewound_at: int | None = None
+    # upper bounds on single multipliers that capping policies set (``multiplier_ceiling``)
+    ceilings: Mapping[tuple[Knob, str], float] = field(default_factory=dict)
 
     def multiplier(self, knob: Knob, group: str) -> float:
         return self.multipliers.get((knob, group), 1.0)

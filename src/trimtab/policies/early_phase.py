@@ -220,6 +220,9 @@ class EarlyPhase(Policy):
         ratio = view.signals.get(f"update_ratio/{group}")
         if ratio is not None and ratio * self.factor > self.max_update_ratio:
             return out  # a raise would make the step too large
+        cap = view.ceilings.get((Knob.LR, group))
+        if cap is not None and current >= cap * 0.999:
+            return out  # another policy caps this group's LR here: the raise would be refused
         recent = losses[-self.period :]
         before = sum(recent) / len(recent)
         spread = stats.robust_range(recent)[1] / math.sqrt(len(recent))
