@@ -27,7 +27,7 @@ import torch
 
 from benchmarks.methods import MAIN_METHODS, METHODS
 from benchmarks.sections import replace_section
-from benchmarks.tasks import Setup, _ce, _classification_eval, _mlp, _one_group
+from benchmarks.tasks import Setup, _ce, _classification_eval, _mlp, _one_group, shifting_blobs
 
 START = "<!-- shift_recovery:start -->"
 END = "<!-- shift_recovery:end -->"
@@ -37,16 +37,8 @@ LRS = (1e-3, 3e-3, 1e-2)
 
 def stream(seed: int, steps: int, dim: int = 20, classes: int = 5) -> tuple[Setup, object]:
     """The shifting stream and an evaluator of the current distribution at a step."""
-    gen = torch.Generator().manual_seed(seed)
-    centres = torch.randn(classes, dim, generator=gen) * 1.5
-    rotation, _ = torch.linalg.qr(torch.randn(dim, dim, generator=gen))
-    offset = torch.randn(dim, generator=gen) * 2.0
+    draw = shifting_blobs(seed, dim, classes)
     shift_at = steps // 2
-
-    def draw(n: int, shifted: bool, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        labels = torch.randint(classes, (n,), generator=g)
-        points = centres[labels] + torch.randn(n, dim, generator=g)
-        return (points @ rotation + offset if shifted else points), labels
 
     torch.manual_seed(seed)
     model = _mlp([dim, 64, 64, classes])

@@ -234,10 +234,12 @@ def overfit_regression(seed: int, steps: int, size: Size = Size()) -> Setup:
     )
 
 
-def shift(seed: int, steps: int, size: Size = Size()) -> Setup:
-    """Gaussian-blob classes whose inputs rotate and move halfway through the run."""
+def shifting_blobs(
+    seed: int, dim: int, classes: int, device: str = "cpu"
+) -> Callable[[int, bool, torch.Generator], Batch]:
+    """Gaussian-blob classes, and the same classes rotated and moved (the shift): a
+    rotation and a translation keep the Bayes accuracy. Returns ``draw(n, shifted, g)``."""
     gen = torch.Generator().manual_seed(seed)
-    dim, classes = 20, 5
     centres = torch.randn(classes, dim, generator=gen) * 1.5
     rotation, _ = torch.linalg.qr(torch.randn(dim, dim, generator=gen))
     offset = torch.randn(dim, generator=gen) * 2.0
@@ -247,8 +249,15 @@ def shift(seed: int, steps: int, size: Size = Size()) -> Setup:
         points = centres[labels] + torch.randn(n, dim, generator=g)
         if shifted:
             points = points @ rotation + offset
-        return points.to(size.device), labels.to(size.device)
+        return points.to(device), labels.to(device)
 
+    return draw
+
+
+def shift(seed: int, steps: int, size: Size = Size()) -> Setup:
+    """Gaussian-blob classes whose inputs rotate and move halfway through the run."""
+    dim, classes = 20, 5
+    draw = shifting_blobs(seed, dim, classes, size.device)
     val_x, val_y = draw(1000, True, torch.Generator().manual_seed(seed + 99))
     torch.manual_seed(seed)
     model = _mlp([dim, 64 * size.factor, 64 * size.factor, classes]).to(size.device)

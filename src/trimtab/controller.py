@@ -89,7 +89,9 @@ class Controller:
         self.policies = tuple(policies)
         self.total_steps = total_steps
         for policy in self.policies:
-            getattr(policy, "bind", Policy.bind)(self.group_names)
+            bind = getattr(policy, "bind", None)  # policies not built on Policy may lack it
+            if bind is not None:
+                bind(self.group_names)
         # policies that plan an LR base of their own (e.g. a frozen backbone)
         self._planners = tuple(
             p

@@ -57,8 +57,7 @@ def _noise(values: list[float]) -> float:
     if len(recent) < _MIN_OBSERVATIONS:
         return 0.0
     second = [a - 2 * b + c for a, b, c in zip(recent, recent[1:], recent[2:], strict=False)]
-    centre = stats.median(second)
-    return stats.median([abs(d - centre) for d in second]) * 1.4826 / math.sqrt(6.0)
+    return stats.robust_range(second)[1] / math.sqrt(6.0)
 
 
 class Regularization(Policy):

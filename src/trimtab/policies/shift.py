@@ -167,9 +167,8 @@ class Shift(Policy):
                 state.update(phase="idle", after=[])
             return []
         before = state["baseline"]
-        old, new = stats.median(before), stats.median(after[-self.persistence :])
-        centre = old
-        spread = stats.median([abs(v - centre) for v in before]) * 1.4826
+        old, spread = stats.robust_range(before)
+        new = stats.median(after[-self.persistence :])
         needed = max(self.min_rise * abs(old), self.z * spread)
         evidence = {"loss_before": old, "loss_after": new, "needed_rise": needed}
         if new - old <= needed:
