@@ -74,24 +74,32 @@ def drive(
         if step and step % observe_every == 0:
             signals.observe(step, {"val_loss": 1.1 + 0.03 * rng.gauss(0, 1)})
         view = PolicyView(step, total_steps, signals, GROUPS, dict(multipliers))
-        proposals = []
-        for policy in policies:
-            made, states[policy.name] = policy.propose(view, states[policy.name])
-            proposals += made
-        decisions, _ = arbiter.arbitrate(
-            proposals, step=step, groups=GROUPS, multipliers=multipliers
-        )
-        for d in decisions:
+        for d in decide(policies, states, arbiter, view, multipliers):
             actions.append(d.proposal.action)
             if d.proposal.action is Action.ADJUST:
                 key = (d.proposal.knob, d.group)
-                multipliers[key] = d.new
                 moves.setdefault(key, []).append(1 if d.new > d.old else -1)
                 by_policy.setdefault((d.proposal.policy, *key), []).append(
                     1 if d.new > d.old else -1
                 )
     drive.by_policy = by_policy  # per-policy directions, for the tests that want them
     return moves, multipliers, actions
+
+
+def decide(policies, states, arbiter, view, multipliers):
+    """One decision: every policy proposes, the arbiter decides, and accepted adjustments
+    move ``multipliers``; returns the decisions."""
+    proposals = []
+    for policy in policies:
+        made, states[policy.name] = policy.propose(view, states[policy.name])
+        proposals += made
+    decisions, _ = arbiter.arbitrate(
+        proposals, step=view.step, groups=GROUPS, multipliers=multipliers
+    )
+    for d in decisions:
+        if d.proposal.action is Action.ADJUST:
+            multipliers[(d.proposal.knob, d.group)] = d.new
+    return decisions
 
 
 def extra_signals(rng, step, ratio=0.3):
@@ -148,16 +156,8 @@ def drive_alone(seed, ratio, steps=3000):
     for step in range(steps):
         signals.record(step, extra_signals(rng, step, ratio))
         view = PolicyView(step, None, signals, GROUPS, dict(multipliers))
-        proposals = []
-        for policy in policies:
-            made, states[policy.name] = policy.propose(view, states[policy.name])
-            proposals += made
-        decisions, _ = arbiter.arbitrate(
-            proposals, step=step, groups=GROUPS, multipliers=multipliers
-        )
-        for d in decisions:
+        for d in decide(policies, states, arbiter, view, multipliers):
             if d.proposal.action is Action.ADJUST:
-                multipliers[(d.proposal.knob, d.group)] = d.new
                 moves.setdefault((d.proposal.knob, d.group), []).append(1 if d.new > d.old else -1)
     return moves
 

@@ -178,15 +178,20 @@ def _pretrained():
     return backbone
 
 
-def _fine_tune(policies, steps=300):
+def _new_head(lr):
+    """The pretrained backbone with a fresh head, its start weights and an optimizer."""
     backbone = _pretrained()
     torch.manual_seed(1)
     head = nn.Linear(32, 2)
     model = nn.Sequential(backbone, head)
-    x, _, y = _tasks()
     start = [p.detach().clone() for p in backbone.parameters()]
+    return backbone, model, start, torch.optim.Adam(_groups(backbone, head), lr=lr)
+
+
+def _fine_tune(policies, steps=300):
+    backbone, model, start, opt = _new_head(3e-2)
+    x, _, y = _tasks()
     weights = list(backbone.parameters())
-    opt = torch.optim.Adam(_groups(backbone, head), lr=3e-2)
     regime = trimtab.Regime(model, opt, total_steps=steps, policies=policies)
     frozen_equal = None
     first = None
@@ -224,13 +229,8 @@ def test_staged_unfreezing_keeps_the_backbone_bit_identical_while_frozen():
 def test_the_stability_guard_leaves_a_frozen_backbone_at_exactly_zero():
     # a loss spike during the frozen stage: the guard rolls back and cuts every group's
     # multiplier, then recovers; the frozen backbone must stay at lr 0 and unmoved
-    backbone = _pretrained()
-    torch.manual_seed(1)
-    head = nn.Linear(32, 2)
-    model = nn.Sequential(backbone, head)
+    backbone, model, start, opt = _new_head(1e-2)
     x, _, y = _tasks()
-    start = [p.detach().clone() for p in backbone.parameters()]
-    opt = torch.optim.Adam(_groups(backbone, head), lr=1e-2)
     policy = FineTuning(freeze=0.5, ramp=0.1)
     regime = trimtab.Regime(model, opt, total_steps=200, policies=["stability_guard", policy])
     lrs = []
