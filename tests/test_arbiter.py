@@ -208,3 +208,57 @@ def test_an_undo_takes_back_the_proposers_own_last_change_past_cooldown_and_rate
     restored.load_state_dict(arbiter.state_dict())
     (d,), _ = restored.arbitrate([back], step=2, groups=GROUPS, multipliers=mult)
     assert d.new == pytest.approx(1.0)
+
+
+def test_a_withdraw_returns_the_knob_to_what_the_other_policies_made_it():
+    arbiter = Arbiter()
+    mult: dict = {}
+
+    def decide(proposal, step):
+        decisions, rejections = arbiter.arbitrate(
+            [proposal], step=step, groups=GROUPS, multipliers=mult
+        )
+        for d in decisions:
+            mult[(Knob.LR, d.group)] = d.new
+        return decisions, rejections
+
+    raise_ = Proposal("early", "ramp", Priority.SPEED, knob=Knob.LR, group="g0", factor=2.0)
+    cut = Proposal("plateau", "flat", Priority.SCHEDULE, knob=Knob.LR, group="g0", factor=0.5)
+    decide(raise_, 0)
+    decide(raise_, 10)
+    for step in (20, 40, 60, 80):  # then four plateau cuts
+        decide(cut, step)
+    assert mult[(Knob.LR, "g0")] == pytest.approx(4.0 / 16)
+    back = Proposal("plateau", "new data", Priority.RECOVERY, knob=Knob.LR, withdraw=True)
+    # a step after the last cut: no cooldown, and x16 at once (no rate limit) ...
+    (d,), rejections = decide(back, 81)
+    assert d.group == "g0" and d.new == pytest.approx(4.0)  # ... to the early phase's x4
+    assert [r.why for r in rejections] == ["nothing of plateau's to withdraw on lr/head"]
+    _, nothing = decide(back, 82)  # withdrawn once, nothing is left
+    assert len(nothing) == 2 and all("nothing of plateau's to withdraw" in r.why for r in nothing)
+    # a withdraw stays inside the bounds (another change, unknown to it, raised the rest)
+    bounded = Arbiter(ArbiterConfig(bounds={**DEFAULT_BOUNDS, Knob.LR: (1e-3, 3.0)}))
+    bounded.arbitrate([cut], step=0, groups=GROUPS, multipliers={})
+    mult = {(Knob.LR, "g0"): 2.0}
+    (d,), _ = bounded.arbitrate([back], step=1, groups=GROUPS, multipliers=mult)
+    assert d.new == pytest.approx(3.0)  # 2.0 / 0.5 would be 4
+    # a withdraw names no value
+    bad = Proposal("plateau", "x", Priority.RECOVERY, knob=Knob.LR, factor=2.0, withdraw=True)
+    _, (rejection,) = Arbiter().arbitrate([bad], step=0, groups=("g0",), multipliers={})
+    assert "withdraw" in rejection.why
+
+
+def test_withdraw_records_survive_a_resume_and_old_checkpoints_load():
+    arbiter = Arbiter()
+    cut = Proposal("plateau", "flat", Priority.SCHEDULE, knob=Knob.LR, group="g0", factor=0.5)
+    arbiter.arbitrate([cut], step=0, groups=GROUPS, multipliers={})
+    restored = Arbiter()
+    restored.load_state_dict(arbiter.state_dict())
+    back = Proposal("plateau", "new data", Priority.RECOVERY, knob=Knob.LR, withdraw=True)
+    (d,), _ = restored.arbitrate([back], step=1, groups=GROUPS, multipliers={(Knob.LR, "g0"): 0.5})
+    assert d.new == pytest.approx(1.0)
+    old = {k: v for k, v in arbiter.state_dict().items() if k != "own"}
+    restored = Arbiter()
+    restored.load_state_dict(old)  # a checkpoint from before withdraw existed
+    _, (r,) = restored.arbitrate([back], step=1, groups=("g0",), multipliers={(Knob.LR, "g0"): 0.5})
+    assert "nothing of plateau's to withdraw" in r.why

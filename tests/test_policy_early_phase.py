@@ -28,6 +28,7 @@ class Script:
         self.total_steps = total_steps
         self.step = 0
         self.rewound_at = None
+        self.data_changed_at = None
 
     def feed(self, **values):
         self.signals.record(self.step, values)
@@ -38,6 +39,7 @@ class Script:
             GROUPS,
             dict(self.multipliers),
             rewound_at=self.rewound_at,
+            data_changed_at=self.data_changed_at,
         )
         proposals, self.state = self.policy.propose(view, self.state)
         for p in proposals:
@@ -91,6 +93,24 @@ def test_a_rewind_for_memorization_ends_the_ramp_and_closes_the_open_trial():
     assert closed.action is Action.VERDICT and "rewound" in closed.reason
     for i in range(60):  # no further raises, however strong the alignment
         assert not script.feed(**{"loss/train": 1.8 - 0.01 * i, "alignment/g0": 0.9})
+
+
+def test_new_data_takes_back_an_unjudged_trial_and_the_ramp_goes_on():
+    script = Script(EarlyPhase())
+    for i in range(15):  # a trial opens at step 10
+        script.feed(**{"loss/train": 2.0 - 0.01 * i, "alignment/g0": 0.5})
+    assert _lr(script) == 2.0
+    script.data_changed_at = script.step  # the new data's loss is far higher: no verdict
+    verdict, back = script.feed(**{"loss/train": 9.0, "alignment/g0": 0.5})
+    assert verdict.action is Action.VERDICT and "not judged" in verdict.reason
+    assert back.undo and back.target == 1.0 and _lr(script) == 1.0
+    later = [
+        p
+        for i in range(40)
+        for p in script.feed(**{"loss/train": 9.0 - 0.01 * i, "alignment/g0": 0.5})
+    ]
+    assert not any("step 10" in p.reason for p in later)  # the old trial is over
+    assert any(p.knob is Knob.LR and p.factor == 2.0 for p in later)  # the ramp goes on
 
 
 def test_no_raise_when_gradients_do_not_agree_or_the_phase_is_over():

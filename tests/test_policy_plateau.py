@@ -112,3 +112,48 @@ def test_a_raise_that_helps_is_kept_with_a_verdict():
 def test_without_agreeing_gradients_a_plateau_still_cuts():
     rounds = _drive_aligned([1.0, 1.02, 0.99, 1.01, 1.0], alignment=-0.05)
     assert rounds[4][0].factor == 0.5
+
+
+def test_new_data_withdraws_the_cuts_and_judges_the_trend_afresh():
+    policy, signals = Plateau(window=3, cooldown=0), Signals()
+    state, made = policy.initial_state(), []
+
+    def decide(step, changed=None):
+        nonlocal state
+        view = PolicyView(step, None, signals, ("g0",), {}, data_changed_at=changed)
+        proposals, state = policy.propose(view, state)
+        made.extend(proposals)
+        return proposals
+
+    for i in range(6):  # a flat old-data trend: cuts
+        signals.observe(i * 10, {"val_loss": 0.01})
+        decide(i * 10)
+    assert any(p.knob is Knob.LR and p.factor == 0.5 for p in made)
+    (back,) = decide(55, changed=55)
+    assert back.withdraw and back.knob is Knob.LR and back.group is None
+    assert "data changed at step 55" in back.reason and "withdrawn" in back.reason
+    assert decide(56, changed=55) == []  # once per change
+    # the new data's first observations: no trend is judged until three of its own
+    for step, value in ((60, 3.0), (70, 3.0)):
+        signals.observe(step, {"val_loss": value})
+        assert decide(step, changed=55) == []
+    signals.observe(80, {"val_loss": 3.0})
+    (cut,) = decide(80, changed=55)
+    assert cut.factor == 0.5 and "last 3 observations" in cut.reason
+
+
+def test_new_data_ends_a_pending_raise_unjudged():
+    policy, signals = Plateau(window=3, cooldown=0), Signals()
+    signals.record(0, {"alignment/global": 0.5})
+    for _ in range(3):
+        signals.record(0, {"alignment/global": 0.5})
+    state = policy.initial_state()
+    for i in range(3):
+        signals.observe(i * 10, {"val_loss": 1.0})
+        proposals, state = policy.propose(PolicyView(i * 10, None, signals, ("g0",), {}), state)
+    (trial,) = proposals
+    assert trial.factor == 2.0 and trial.signals["provisional"] == 1.0
+    view = PolicyView(25, None, signals, ("g0",), {}, data_changed_at=25)
+    verdict, back = policy.propose(view, state)[0]
+    assert verdict.action is Action.VERDICT and "not judged" in verdict.reason
+    assert back.withdraw

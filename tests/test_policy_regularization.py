@@ -18,13 +18,16 @@ class Script:
         self.state = policy.initial_state()
         self.signals = Signals()
         self.step = 0
+        self.data_changed_at = None
 
     def observe(self, val, train):
         for _ in range(10):  # ten training steps at this loss between observations
             self.step += 1
             self.signals.record(self.step, {"loss/train": train})
         self.signals.observe(self.step, {"val_loss": val})
-        view = PolicyView(self.step, self.total, self.signals, ("g0",), {})
+        view = PolicyView(
+            self.step, self.total, self.signals, ("g0",), {}, data_changed_at=self.data_changed_at
+        )
         proposals, self.state = self.policy.propose(view, self.state)
         assert self.policy.propose(view, self.state)[0] == []  # nothing new: nothing to do
         return proposals
@@ -179,3 +182,20 @@ def test_without_the_policy_the_same_run_ends_worse():
     _, _, with_policy = memorizing_run(("stability_guard", "regularization"))
     _, observed, without = memorizing_run(("stability_guard",))
     assert without > with_policy and without == pytest.approx(observed[-1], rel=1e-6)
+
+
+@pytest.mark.parametrize("announced", [False, True])
+def test_new_data_is_never_rewound_to_the_old_datas_best_weights(announced):
+    script = Script(Regularization(patience=2))
+    for val in (1.0, 0.5, 0.2, 0.1):
+        script.observe(val, train=val + 0.4)  # old data: best 0.1 at a training loss of 0.5
+    if announced:
+        script.data_changed_at = script.step
+    made = []
+    for val, train in ((2.0, 1.6), (1.5, 1.0), (1.0, 0.45), (0.8, 0.4), (0.7, 0.35), (0.6, 0.3)):
+        made += script.observe(val, train=train)  # new data, learned: both losses fall
+    rewinds = [p for p in made if p.action is Action.RESTORE_BEST]
+    if announced:  # each new-data improvement is a new best
+        assert rewinds == [] and sum(p.action is Action.KEEP_BEST for p in made) == 6
+    else:  # the control: judged against the old best, it looks like memorization
+        assert rewinds

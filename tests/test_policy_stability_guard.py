@@ -304,5 +304,8 @@ def test_a_rollback_that_turns_out_to_be_new_data_gives_its_lr_cut_back_at_once(
     assert len(cuts) == 1 and {p.group for p in undos} == set(GROUPS)
     assert all(p.target == pytest.approx(1.0) and "data changed" in p.reason for p in undos)
     assert script.multipliers[(Knob.LR, "g0")] == pytest.approx(1.0)
+    # ... and says so, once, for every other policy to hear
+    (announced,) = [p for p in made if p.action is Action.NEW_DATA]
+    assert announced.signals["batches_high"] == 4 and "data changed" in announced.reason
     # the divergence stays on record: a real one soon after counts as a repeat
     assert script.state["last_divergence"] is not None

@@ -142,6 +142,9 @@ class Arbiter:
         self._last: dict[tuple[Knob, str], tuple[int, int, int, str]] = {}
         # (knob, group) -> the multiplier the last change started from (what an undo restores)
         self._before: dict[tuple[Knob, str], float] = {}
+        # (knob, group, policy) -> product of that policy's accepted factors (what a
+        # withdraw divides out)
+        self._own: dict[tuple[Knob, str, str], float] = {}
 
     def arbitrate(
         self,
@@ -164,10 +167,12 @@ class Arbiter:
             if proposal.action is not Action.ADJUST:
                 decisions.append(Decision(proposal, proposal.group, None, None))
                 continue
-            if proposal.knob is None or (proposal.factor is None) == (proposal.target is None):
+            if proposal.knob is None or not _well_formed(proposal):
                 rejections.append(
                     Rejection(
-                        proposal, "an adjustment needs a knob and exactly one of factor or target"
+                        proposal,
+                        "an adjustment needs a knob and exactly one of factor or target "
+                        "(a withdraw: neither)",
                     )
                 )
                 continue
@@ -194,6 +199,8 @@ class Arbiter:
             direction = 1 if verdict > old else -1
             self._last[slot] = (step, direction, int(winner.priority), winner.policy)
             self._before[slot] = old
+            own = (*slot, winner.policy)
+            self._own[own] = 1.0 if winner.withdraw else self._own.get(own, 1.0) * verdict / old
         return decisions, rejections
 
     def _limit(
@@ -210,6 +217,8 @@ class Arbiter:
         last = self._last.get(slot)
         if proposal.undo:
             return self._undo(proposal, slot, old, step, last)
+        if proposal.withdraw:
+            return self._withdraw(proposal, slot, old, ceiling)
         urgent = proposal.priority is Priority.SAFETY
         if last is not None and not urgent and step - last[0] < cfg.cooldown:
             return f"{knob.value}/{group} is cooling down (moved at step {last[0]})"
@@ -263,11 +272,32 @@ class Arbiter:
             return f"nothing left to undo ({knob.value}/{group} stays {old:.4g})"
         return new
 
+    def _withdraw(
+        self, proposal: Proposal, slot: tuple[Knob, str], old: float, ceiling: float | None
+    ):
+        """Take back all of the proposer's accepted changes of ``slot`` at once.
+
+        A policy whose changes answered conditions that no longer hold (plateau cuts made
+        on data that has since changed) returns the knob to what every other policy's
+        changes alone make it: a level the run held before, so the rate limit and the
+        cooldown do not apply; the bounds and a ceiling still do.
+        """
+        knob, group = slot
+        own = self._own.get((*slot, proposal.policy), 1.0)
+        b_low, b_high = self.config.bounds.get(knob, (1.0, 1.0))
+        if ceiling is not None:
+            b_high = min(b_high, max(ceiling, b_low))
+        new = min(max(old / own, b_low), b_high)
+        if abs(math.log(new / old)) < self.config.epsilon:
+            return f"nothing of {proposal.policy}'s to withdraw on {knob.value}/{group}"
+        return new
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "version": STATE_VERSION,
             "last": [[k.value, g, *v] for (k, g), v in sorted(self._last.items())],
             "before": [[k.value, g, v] for (k, g), v in sorted(self._before.items())],
+            "own": [[k.value, g, p, v] for (k, g, p), v in sorted(self._own.items())],
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -278,6 +308,15 @@ class Arbiter:
         }
         # checkpoints from before undo existed lack it: nothing to undo then
         self._before = {(Knob(k), g): float(v) for k, g, v in state.get("before", [])}
+        # ... or before withdraw existed: the changes made until then cannot be withdrawn
+        self._own = {(Knob(k), g, p): float(v) for k, g, p, v in state.get("own", [])}
+
+
+def _well_formed(proposal: Proposal) -> bool:
+    """A withdraw names no value; any other adjustment exactly one of factor or target."""
+    if proposal.withdraw:
+        return proposal.factor is None and proposal.target is None
+    return (proposal.factor is None) != (proposal.target is None)
 
 
 def _wanted(proposal: Proposal, old: float) -> float:

@@ -146,6 +146,7 @@ class Controller:
         self.policy_states = {p.name: p.initial_state() for p in self.policies}
         self._last_incident = -(10**9)
         self._rewound_at: int | None = None
+        self._data_changed_at: int | None = None
         self._pending: dict[str, torch.Tensor] = {}
         self._ctx: StepContext | None = None
         header = describe_run(
@@ -225,6 +226,7 @@ class Controller:
             multipliers=dict(self.multipliers),
             bases=bases,
             rewound_at=self._rewound_at,
+            data_changed_at=self._data_changed_at,
             ceilings=ceilings,
         )
         proposals = []
@@ -342,6 +344,9 @@ class Controller:
                 self.stop_requested = True
                 self._record(_action_event(self.step, EventKind.STOP, proposal))
             elif proposal.action is Action.VERDICT:
+                self._record(_action_event(self.step, EventKind.VERDICT, proposal))
+            elif proposal.action is Action.NEW_DATA:
+                self._data_changed_at = self.step
                 self._record(_action_event(self.step, EventKind.VERDICT, proposal))
             elif proposal.action is Action.PLAN:
                 self._record(self._plan_event(proposal, bases))
@@ -562,6 +567,7 @@ class Controller:
             "stop_requested": self.stop_requested,
             "last_incident": self._last_incident,
             "rewound_at": self._rewound_at,
+            "data_changed_at": self._data_changed_at,
             "multipliers": [[k.value, g, v] for (k, g), v in sorted(self.multipliers.items())],
             "policy_states": {k: dict(v) for k, v in self.policy_states.items()},
             "signals": self.signals.state_dict(),
@@ -600,6 +606,7 @@ class Controller:
         self.stop_requested = bool(state["stop_requested"])
         self._last_incident = int(state["last_incident"])
         self._rewound_at = state.get("rewound_at")
+        self._data_changed_at = state.get("data_changed_at")
         self.multipliers = {(Knob(k), g): float(v) for k, g, v in state["multipliers"]}
         self.policy_states = {k: dict(state["policy_states"][k]) for k in self.policy_states}
         self.signals.load_state_dict(state["signals"])

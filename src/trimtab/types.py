@@ -52,6 +52,9 @@ class Action(str, enum.Enum):
     KEEP_BEST = "keep_best"  # keep the current weights as the best so far (not logged)
     RESTORE_BEST = "restore_best"  # load the weights kept by KEEP_BEST; the step is dropped
     PLAN = "plan"  # a policy's planned base changed (Policy.planned_lr): logged as a base event
+    # the data changed (not the weights): logged as a verdict; every policy sees the step
+    # in ``PolicyView.data_changed_at`` and stops judging the new data by the old
+    NEW_DATA = "new_data"
 
 
 class EventKind(str, enum.Enum):
@@ -86,6 +89,10 @@ class Proposal:
     # takes back the proposing policy's own last change of this knob, no further than
     # where that change started: exempt from the cooldown and the rate limit
     undo: bool = False
+    # takes back every change the proposing policy made to this knob (factor and target
+    # stay None): the knob returns to what the other policies' changes alone made it,
+    # exempt from the cooldown and the rate limit like ``undo``
+    withdraw: bool = False
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,9 @@ class PolicyView:
     # step at which the weights were last rewound to a kept best (``RESTORE_BEST``):
     # histories a policy keeps of the abandoned trajectory no longer describe the weights
     rewound_at: int | None = None
+    # step at which a policy found that the data changed (``Action.NEW_DATA``): losses,
+    # observations and best weights from before it describe other data
+    data_changed_at: int | None = None
     # upper bounds on single multipliers that capping policies set (``multiplier_ceiling``)
     ceilings: Mapping[tuple[Knob, str], float] = field(default_factory=dict)
 

@@ -97,7 +97,7 @@ class EarlyPhase(Policy):
         return {k: getattr(self, k) for k in keys}
 
     def initial_state(self) -> PolicyState:
-        return {"losses": [], "groups": {}, "rewound_at": None}
+        return {"losses": [], "groups": {}, "rewound_at": None, "data_since": None}
 
     def _horizon(self, view: PolicyView) -> int:
         if view.total_steps is None:
@@ -116,8 +116,22 @@ class EarlyPhase(Policy):
             reading = signals.fresh(f"alignment/{group}", view.step)
             if reading is not None and math.isfinite(reading):
                 entry["aligns"] = [*entry["aligns"], reading][-self.min_readings - 2 :]
-        state = {"losses": losses, "groups": groups, "rewound_at": state.get("rewound_at")}
+        state = {
+            "losses": losses,
+            "groups": groups,
+            "rewound_at": state.get("rewound_at"),
+            "data_since": state.get("data_since"),
+        }
         proposals: list[Proposal] = []
+        if view.data_changed_at is not None and view.data_changed_at != state["data_since"]:
+            # New data: losses of the old data are no yardstick, and a pending trial
+            # cannot be judged on them; its raise is taken back (it never showed it helps).
+            state.update(data_since=view.data_changed_at, losses=[])
+            for group in view.groups:
+                entry = groups[group]
+                if entry["trial"] is not None:
+                    proposals.extend(self._ended_by_new_data(group, entry["trial"], view))
+                entry["trial"] = None
         if view.rewound_at is not None and view.rewound_at != state["rewound_at"]:
             # Memorization made another policy rewind the weights: speed is not what this
             # run lacks, so the ramp ends (a pending trial gets its verdict now).
@@ -150,6 +164,35 @@ class EarlyPhase(Policy):
             group=group,
             signals={"multiplier": trial["multiplier"]},
         )
+
+    def _ended_by_new_data(
+        self, group: str, trial: dict[str, Any], view: PolicyView
+    ) -> list[Proposal]:
+        why = (
+            f"trial of step {trial['step']} not judged: the data changed at step "
+            f"{view.data_changed_at}, so the losses since say nothing about the raise"
+        )
+        evidence = {"multiplier": trial["multiplier"]}
+        return [
+            Proposal(
+                policy=self.name,
+                reason=why,
+                priority=Priority.SPEED,
+                action=Action.VERDICT,
+                group=group,
+                signals=evidence,
+            ),
+            Proposal(
+                policy=self.name,
+                reason=f"{why}; its raise is taken back",
+                priority=Priority.SPEED,
+                knob=Knob.LR,
+                group=group,
+                target=trial["from"],
+                signals=evidence,
+                undo=True,
+            ),
+        ]
 
     def _ended_by_cut(self, group: str, before: float, now: float) -> Proposal:
         return Proposal(

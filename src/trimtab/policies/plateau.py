@@ -83,10 +83,22 @@ class Plateau(Policy):
         return {k: getattr(self, k) for k in keys}
 
     def initial_state(self) -> PolicyState:
-        return {"seen": 0, "since_cut": 0, "best": None, "since_best": 0, "trial": None}
+        return {
+            "seen": 0,
+            "since_cut": 0,
+            "best": None,
+            "since_best": 0,
+            "trial": None,
+            "data_since": None,  # observations up to this step describe older data
+        }
 
     def propose(self, view: PolicyView, state: PolicyState) -> tuple[list[Proposal], PolicyState]:
+        if view.data_changed_at is not None and view.data_changed_at != state.get("data_since"):
+            return self._new_data(view, state)
         history = view.signals.observations(self.metric)
+        since = state.get("data_since")
+        if since is not None:
+            history = tuple(h for h in history if h[0] > since)
         total = view.signals.observation_count(self.metric)
         if total == state["seen"]:
             return [], state
@@ -170,6 +182,43 @@ class Plateau(Policy):
             signals=evidence,
         )
         return [cut], state
+
+    def _new_data(self, view: PolicyView, state: PolicyState) -> tuple[list[Proposal], PolicyState]:
+        """Start over on new data: its trend is judged afresh, and the cuts made on the
+        old data's plateau are withdrawn (the new data needs steps of the size that
+        trained the old data, not the annealed ones)."""
+        changed = view.data_changed_at
+        fresh = {**self.initial_state(), "seen": state["seen"], "data_since": changed}
+        proposals = []
+        trial = state.get("trial")
+        if trial is not None:
+            proposals.append(
+                Proposal(
+                    policy=self.name,
+                    reason=(
+                        f"raise of step {trial['step']} not judged: the data changed at step "
+                        f"{changed}, so the next {self.metric} says nothing about it"
+                    ),
+                    priority=Priority.SPEED,
+                    action=Action.VERDICT,
+                    signals={"data_changed_at": float(changed)},
+                )
+            )
+        proposals.append(
+            Proposal(
+                policy=self.name,
+                reason=(
+                    f"the data changed at step {changed}: the lr changes this policy made on "
+                    f"the old data's {self.metric} trend are withdrawn, and the trend is "
+                    "judged again from the new data's observations only"
+                ),
+                priority=Priority.RECOVERY,
+                knob=Knob.LR,
+                withdraw=True,
+                signals={"data_changed_at": float(changed)},
+            )
+        )
+        return proposals, fresh
 
     def _verdict(self, trial: dict[str, Any], latest: float, sign: float) -> Proposal:
         evidence = {self.metric: sign * latest, "before": sign * trial["value"]}

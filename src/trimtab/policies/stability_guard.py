@@ -291,7 +291,18 @@ class StabilityGuard(Policy):
         shifted = [*state["shifted"], loss]
         if len(shifted) >= self.sustained_steps:
             state.update(losses=shifted, shifted=[], verifying=False, above_in_row=0)
-            return self._give_back(view, state, len(shifted))
+            announce = Proposal(
+                policy=self.name,
+                reason=(
+                    f"the data changed: the loss stayed high for {len(shifted)} batches at the "
+                    f"restored known-good weights (median {stats.median(shifted):.4g}); the "
+                    "weights had not diverged, the new level is accepted"
+                ),
+                priority=Priority.SAFETY,
+                action=Action.NEW_DATA,
+                signals={"batches_high": float(len(shifted)), "loss/train": loss},
+            )
+            return [announce, *self._give_back(view, state, len(shifted))]
         state["shifted"] = shifted
         why = (
             f"loss {loss:.4g} is still high at the restored known-good weights "
