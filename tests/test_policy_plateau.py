@@ -157,3 +157,14 @@ def test_new_data_ends_a_pending_raise_unjudged():
     verdict, back = policy.propose(view, state)[0]
     assert verdict.action is Action.VERDICT and "not judged" in verdict.reason
     assert back.withdraw
+
+
+def test_a_curve_still_setting_new_bests_is_no_plateau_however_wide_its_band():
+    # a fast bend: a linear fit's band is wide (curvature in the residuals) and includes 0
+    bending = [2.0, 0.3, 0.2, 0.15, 0.14]
+    assert all(r == [] for r in drive(Plateau(window=5, cooldown=0), bending))
+    # the same values with patience 0 (the trend test alone) would have cut
+    assert any(drive(Plateau(window=5, cooldown=0, patience=0), bending))
+    # once two observations set no new best, the flat trend counts
+    rounds = drive(Plateau(window=5, cooldown=0), [*bending, 0.141, 0.1405])
+    assert rounds[-2] == [] and rounds[-1][0].factor == 0.5

@@ -35,6 +35,9 @@ class Plateau(Policy):
             (``None``: never stop).
         raise_above: mean ``alignment/global`` above which a plateau tries a raise.
         raise_factor: LR factor of that provisional raise.
+        patience: observations without a new best before a flat trend counts: a curve
+            still setting new bests while it bends fast has a wide band around a linear
+            fit (the residuals are curvature, not noise), which is no plateau.
     """
 
     name = "plateau"
@@ -51,6 +54,7 @@ class Plateau(Policy):
         stop_patience: int | None = None,
         raise_above: float = 0.1,
         raise_factor: float = 2.0,
+        patience: int = 2,
     ) -> None:
         self.metric = _checks.metric("metric", metric)
         self.mode = _checks.mode("mode", mode)
@@ -67,6 +71,7 @@ class Plateau(Policy):
         self.stop_patience = (
             None if stop_patience is None else _checks.count("stop_patience", stop_patience)
         )
+        self.patience = _checks.count("patience", patience, minimum=0)
 
     def settings(self) -> dict[str, Any]:
         keys = [
@@ -79,6 +84,7 @@ class Plateau(Policy):
             "stop_patience",
             "raise_above",
             "raise_factor",
+            "patience",
         ]
         return {k: getattr(self, k) for k in keys}
 
@@ -132,6 +138,8 @@ class Plateau(Policy):
 
         if len(history) < self.window or state["since_cut"] <= self.cooldown:
             return [], state
+        if state["since_best"] < self.patience:
+            return [], state  # still setting new bests: a curve bending fast is no plateau
         values = [sign * v for _, v in history[-self.window :]]
         fit = stats.trend(values)
         needed = -self.min_rel_improvement * abs(fit.mean)
