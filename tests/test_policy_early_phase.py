@@ -231,6 +231,52 @@ def test_a_learning_rate_far_too_high_is_cut_in_the_first_steps():
     assert cuts and cuts[0].step <= 10 and cuts[0].new < cuts[0].old / 3
 
 
+def test_a_far_too_large_first_update_is_rolled_back_to_the_initial_weights():
+    x, y = tiny_regression()
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 1))
+    initial = [p.detach().clone() for p in model.parameters()]
+    opt = torch.optim.AdamW(model.parameters(), lr=1.0)
+    regime = Regime(model, opt, total_steps=150)
+    outcomes = []
+    for i in range(2):
+        xb, yb = batch(x, y, i)
+        regime.backward(torch.nn.functional.mse_loss(model(xb), yb))
+        outcomes.append(regime.step())
+    assert outcomes[1].value == "rolled_back"
+    (undone,) = [e for e in regime.events if e.kind.value == "rollback"]
+    assert undone.policy == "early_phase" and "first update moved the weights" in undone.reason
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), initial, strict=True))
+    assert regime.step_count == 1 and not opt.state  # the jump's moments are gone too
+
+
+def test_a_first_jump_is_undone_whatever_the_next_loss_did():
+    for after in (9.0, 1.5):
+        script = Script(EarlyPhase())
+        script.feed(**{"loss/train": 2.0})
+        made = script.feed(**{"loss/train": after, "update_ratio/g0": 0.4})
+        cut, rollback = made
+        assert cut.knob is Knob.LR and cut.factor == pytest.approx(0.03 / 0.4)
+        assert rollback.action is Action.ROLLBACK
+        assert rollback.signals == {"update_ratio/max": 0.4}
+    # later readings cut the rate but never roll back (the jump is not the first update)
+    script = Script(EarlyPhase())
+    for i in range(10):
+        script.feed(**{"loss/train": 2.0 - 0.01 * i})
+    made = script.feed(**{"loss/train": 1.9, "update_ratio/g0": 0.4})
+    assert [p.action for p in made] == [Action.ADJUST]
+
+
+def test_the_first_update_stays_when_undo_first_jump_is_off():
+    policies = ("stability_guard", EarlyPhase(undo_first_jump=False), "regularization", "plateau")
+    regime, _ = _train(1.0, policies=policies, steps=20)
+    assert [e for e in regime.events if e.policy == "early_phase" and e.knob == "lr"]
+    # (here the guard rolls the spike back itself, as a divergence, a batch later)
+    assert not [
+        e for e in regime.events if e.kind.value == "rollback" and e.policy == "early_phase"
+    ]
+
+
 def test_guard_recovery_restores_only_its_own_cut():
     guard = StabilityGuard(recovery_every=5)
     script = Script(guard)
