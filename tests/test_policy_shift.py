@@ -66,6 +66,9 @@ def test_a_lasting_step_change_raises_the_lr_once_then_returns_it_to_the_prior_l
     assert "expecting" in raises[0].reason and raises[0].signals["provisional"] == 1.0
     raised_at = next(s for s, p in script.made if p is raises[0])
     assert raised_at == 60 + 19  # the alarm's step and 19 more: the persistence window
+    # announced with the raise, so the other policies stop judging new data by the old
+    (announced,) = [(s, p) for s, p in script.made if p.action is Action.NEW_DATA]
+    assert announced[0] == raised_at and "the data changed" in announced[1].reason
     assert max(lrs) == pytest.approx(2.0)
     verdicts = [p for _, p in script.made if p.action is Action.VERDICT]
     assert len(verdicts) == 1 and "kept" in verdicts[0].reason

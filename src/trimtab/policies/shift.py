@@ -28,6 +28,11 @@ On a confirmed shift:
    they need to move. It is not raised again afterwards; if the new data is memorized,
    the regularization policy will find that on its own.
 
+A confirmed shift is announced (``Action.NEW_DATA``), so the other policies stop judging
+the new data by the old: the plateau withdraws its old-data cuts, after which the raise
+stands on the run's own level (at most ``raise_factor`` times it, as when the guard
+announced the change first and the withdrawal came before the confirmation).
+
 The stability guard acts first on a lasting jump (it may roll back, cut the LR and then
 accept the new level as a data change): its cut is more urgent, so the arbiter refuses
 the raise as a reversal within its window, and the guard's own ramp back keeps the LR
@@ -187,7 +192,19 @@ class Shift(Policy):
             peak=peak,
             raised_step=None,
         )
-        return [self._raise(view, state, evidence), *self._rebalance(view, evidence)]
+        announce = Proposal(
+            policy=self.name,
+            reason=(
+                f"the data changed: the training loss moved from median "
+                f"{evidence['loss_before']:.4g} to {evidence['loss_after']:.4g} for "
+                f"{self.persistence} steps after the detector's alarm at step "
+                f"{state['alarm_step']}"
+            ),
+            priority=Priority.SAFETY,
+            action=Action.NEW_DATA,
+            signals=evidence,
+        )
+        return [announce, self._raise(view, state, evidence), *self._rebalance(view, evidence)]
 
     def _raise(self, view: PolicyView, state: PolicyState, evidence: dict[str, float]) -> Proposal:
         # relative to the multiplier now: another policy's moves since (the guard's ramp
