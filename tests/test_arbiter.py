@@ -242,6 +242,19 @@ def test_a_withdraw_returns_the_knob_to_what_the_other_policies_made_it():
     mult = {(Knob.LR, "g0"): 2.0}
     (d,), _ = bounded.arbitrate([back], step=1, groups=GROUPS, multipliers=mult)
     assert d.new == pytest.approx(3.0)  # 2.0 / 0.5 would be 4
+    # the part left (x1.33 of the x2) stays on record; a ceiling below the knob never
+    # turns a withdraw into a cut
+    mult = {(Knob.LR, "g0"): 1.0}
+    (d,), _ = bounded.arbitrate([cut], step=100, groups=GROUPS, multipliers=mult)
+    mult = {(Knob.LR, "g0"): d.new}
+    _, (refused, _) = bounded.arbitrate(
+        [back], step=101, groups=GROUPS, multipliers=mult, ceilings={(Knob.LR, "g0"): 0.2}
+    )
+    assert "nothing of plateau's to withdraw" in refused.why
+    (d,), _ = bounded.arbitrate([back], step=102, groups=GROUPS, multipliers=mult)
+    # the knob was moved to 1.0 by others (their share 1.0 / 0.75); the plateau's x0.5
+    # since and the x0.75 left over are both withdrawn: back to the others' 4/3
+    assert d.new == pytest.approx(4 / 3)
     # a withdraw names no value
     bad = Proposal("plateau", "x", Priority.RECOVERY, knob=Knob.LR, factor=2.0, withdraw=True)
     _, (rejection,) = Arbiter().arbitrate([bad], step=0, groups=("g0",), multipliers={})

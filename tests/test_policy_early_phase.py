@@ -95,15 +95,15 @@ def test_a_rewind_for_memorization_ends_the_ramp_and_closes_the_open_trial():
         assert not script.feed(**{"loss/train": 1.8 - 0.01 * i, "alignment/g0": 0.9})
 
 
-def test_new_data_takes_back_an_unjudged_trial_and_the_ramp_goes_on():
+def test_new_data_ends_an_unjudged_trial_and_the_ramp_goes_on_from_it():
     script = Script(EarlyPhase())
     for i in range(15):  # a trial opens at step 10
         script.feed(**{"loss/train": 2.0 - 0.01 * i, "alignment/g0": 0.5})
     assert _lr(script) == 2.0
     script.data_changed_at = script.step  # the new data's loss is far higher: no verdict
-    verdict, back = script.feed(**{"loss/train": 9.0, "alignment/g0": 0.5})
+    (verdict,) = script.feed(**{"loss/train": 9.0, "alignment/g0": 0.5})
     assert verdict.action is Action.VERDICT and "not judged" in verdict.reason
-    assert back.undo and back.target == 1.0 and _lr(script) == 1.0
+    assert _lr(script) == 2.0  # the raise stays
     later = [
         p
         for i in range(40)
@@ -111,6 +111,17 @@ def test_new_data_takes_back_an_unjudged_trial_and_the_ramp_goes_on():
     ]
     assert not any("step 10" in p.reason for p in later)  # the old trial is over
     assert any(p.knob is Knob.LR and p.factor == 2.0 for p in later)  # the ramp goes on
+
+
+def test_the_first_trial_on_new_data_is_judged_on_new_losses_only():
+    script = Script(EarlyPhase())
+    for i in range(20):  # agreement only from step 15: no trial pending at step 20
+        script.feed(**{"loss/train": 1.0, "alignment/g0": 0.5 if i >= 15 else 0.0})
+    script.data_changed_at = 19  # first seen at step 20, a decision step
+    made = [p for _ in range(30) for p in script.feed(**{"loss/train": 3.0, "alignment/g0": 0.5})]
+    raises = [p for p in made if p.knob is Knob.LR and p.factor == 2.0]
+    assert raises and all(p.signals["loss/mean"] == pytest.approx(3.0) for p in raises)
+    assert not any(p.knob is Knob.LR and p.factor < 1 for p in made)  # none reverted
 
 
 def test_no_raise_when_gradients_do_not_agree_or_the_phase_is_over():

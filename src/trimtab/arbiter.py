@@ -200,7 +200,7 @@ class Arbiter:
             self._last[slot] = (step, direction, int(winner.priority), winner.policy)
             self._before[slot] = old
             own = (*slot, winner.policy)
-            self._own[own] = 1.0 if winner.withdraw else self._own.get(own, 1.0) * verdict / old
+            self._own[own] = self._own.get(own, 1.0) * verdict / old  # after a full withdraw: 1
         return decisions, rejections
 
     def _limit(
@@ -288,7 +288,10 @@ class Arbiter:
         if ceiling is not None:
             b_high = min(b_high, max(ceiling, b_low))
         new = min(max(old / own, b_low), b_high)
-        if abs(math.log(new / old)) < self.config.epsilon:
+        # only toward undoing: a bound or ceiling on the far side of ``old`` means there
+        # is nothing to withdraw now (what is left stays on record)
+        low, high = sorted((old, old / own))
+        if abs(math.log(new / old)) < self.config.epsilon or not low <= new <= high:
             return f"nothing of {proposal.policy}'s to withdraw on {knob.value}/{group}"
         return new
 

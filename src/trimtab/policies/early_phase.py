@@ -130,12 +130,14 @@ class EarlyPhase(Policy):
         proposals: list[Proposal] = []
         if view.data_changed_at is not None and view.data_changed_at != state["data_since"]:
             # New data: losses of the old data are no yardstick, and a pending trial
-            # cannot be judged on them; its raise is taken back (it never showed it helps).
-            state.update(data_since=view.data_changed_at, losses=[])
+            # cannot be judged on them. Its raise stays: the ramp goes on from it, and the
+            # next trial is judged on the new data's losses.
+            losses = []
+            state.update(data_since=view.data_changed_at, losses=losses)
             for group in view.groups:
                 entry = groups[group]
                 if entry["trial"] is not None:
-                    proposals.extend(self._ended_by_new_data(group, entry["trial"], view))
+                    proposals.append(self._ended_by_new_data(group, entry["trial"], view))
                 entry["trial"] = None
         if view.rewound_at is not None and view.rewound_at != state["rewound_at"]:
             # Memorization made another policy rewind the weights: speed is not what this
@@ -187,34 +189,19 @@ class EarlyPhase(Policy):
             signals={"multiplier": trial["multiplier"]},
         )
 
-    def _ended_by_new_data(
-        self, group: str, trial: dict[str, Any], view: PolicyView
-    ) -> list[Proposal]:
-        why = (
-            f"trial of step {trial['step']} not judged: the data changed at step "
-            f"{view.data_changed_at}, so the losses since say nothing about the raise"
+    def _ended_by_new_data(self, group: str, trial: dict[str, Any], view: PolicyView) -> Proposal:
+        return Proposal(
+            policy=self.name,
+            reason=(
+                f"trial of step {trial['step']} not judged: the data changed at step "
+                f"{view.data_changed_at}, so the losses since say nothing about the raise; "
+                "it stays, and the ramp goes on from it"
+            ),
+            priority=Priority.SPEED,
+            action=Action.VERDICT,
+            group=group,
+            signals={"multiplier": trial["multiplier"]},
         )
-        evidence = {"multiplier": trial["multiplier"]}
-        return [
-            Proposal(
-                policy=self.name,
-                reason=why,
-                priority=Priority.SPEED,
-                action=Action.VERDICT,
-                group=group,
-                signals=evidence,
-            ),
-            Proposal(
-                policy=self.name,
-                reason=f"{why}; its raise is taken back",
-                priority=Priority.SPEED,
-                knob=Knob.LR,
-                group=group,
-                target=trial["from"],
-                signals=evidence,
-                undo=True,
-            ),
-        ]
 
     def _ended_by_cut(self, group: str, before: float, now: float) -> Proposal:
         return Proposal(

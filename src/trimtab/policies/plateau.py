@@ -96,6 +96,7 @@ class Plateau(Policy):
             "since_best": 0,
             "trial": None,
             "data_since": None,  # observations up to this step describe older data
+            "moved": False,  # an LR change was proposed since the start or the last reset
         }
 
     def propose(self, view: PolicyView, state: PolicyState) -> tuple[list[Proposal], PolicyState]:
@@ -168,6 +169,7 @@ class Plateau(Policy):
                 factor=self.raise_factor,
                 signals={self.metric: history[-1][1], "alignment": alignment, "provisional": 1.0},
             )
+            state["moved"] = True
             return [raise_], state
         why = (
             f"{self.metric} is not significantly {direction} over the last {fit.n} "
@@ -189,6 +191,7 @@ class Plateau(Policy):
             factor=self.factor,
             signals=evidence,
         )
+        state["moved"] = True
         return [cut], state
 
     def _new_data(self, view: PolicyView, state: PolicyState) -> tuple[list[Proposal], PolicyState]:
@@ -197,7 +200,7 @@ class Plateau(Policy):
         trained the old data, not the annealed ones)."""
         changed = view.data_changed_at
         fresh = {**self.initial_state(), "seen": state["seen"], "data_since": changed}
-        proposals = []
+        proposals: list[Proposal] = []
         trial = state.get("trial")
         if trial is not None:
             proposals.append(
@@ -212,6 +215,9 @@ class Plateau(Policy):
                     signals={"data_changed_at": float(changed)},
                 )
             )
+        if not state.get("moved", True):
+            return proposals, fresh  # nothing to withdraw (an empty ask would still
+            # outrank other policies' proposals on the slot)
         proposals.append(
             Proposal(
                 policy=self.name,
