@@ -190,3 +190,40 @@ def test_corpus_runs_get_the_right_main_finding_with_cited_values(kind, tmp_path
     note = recipe_note(load_run(tmp_path / f"{case.name}.jsonl"), diagnosis)
     assert note.startswith(f"# Recipe note: {case.name}")
     assert "**Next move.**" in note and "`loss/train`" in note
+
+
+def _shift_events(announced):
+    guard = "stability_guard"
+    events = [
+        {"step": 70, "kind": "skip", "policy": guard, "reason": "loss 2.5 is far above"},
+        {"step": 70, "kind": "rollback", "policy": guard, "reason": "divergence: ..."},
+    ]
+    if announced:
+        events.append(
+            {
+                "step": 70,
+                "kind": "verdict",
+                "policy": guard,
+                "reason": "the data changed: the loss stayed high for 6 batches",
+                "signals": {"batches_high": 6.0, "new_data": 1.0},
+            }
+        )
+    return events
+
+
+@pytest.mark.parametrize("announced", [True, False])
+def test_the_guards_incidents_before_a_data_change_verdict_are_not_divergence(announced):
+    losses = [2.0, 1.2, 0.8, 0.5, 0.4, 0.35, 0.3, 2.5, 2.0, 1.6, 1.2, 0.9, 0.7]
+    diagnosis = diagnose(_run(losses, events=_shift_events(announced)))
+    codes = [f.code for f in diagnosis.symptoms]
+    if announced:
+        assert codes[0] == "distribution_shift" and "aggressive_step" not in codes
+    else:  # the control: the same skips without the verdict read as divergence
+        assert codes[0] == "aggressive_step"
+
+
+def test_a_data_change_verdict_alone_names_a_distribution_shift():
+    # the logged snapshots miss the jump (a gentle shift, or log_every too coarse)
+    diagnosis = diagnose(_run(HEALTHY, events=_shift_events(True)))
+    assert diagnosis.main.code == "distribution_shift" and diagnosis.main.step == 70
+    assert "stability_guard at step 70: the data changed" in diagnosis.main.evidence

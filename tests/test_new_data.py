@@ -53,6 +53,7 @@ def test_a_distribution_shift_gets_the_pre_plateau_lr_back_and_is_learned():
 
     (changed,) = [e for e in events if e.kind is EventKind.VERDICT and "data changed" in e.reason]
     assert changed.policy == "stability_guard" and changed.signals["batches_high"] == 6
+    assert changed.signals["new_data"] == 1.0  # the log's marker the doctor reads
     plateau_cuts = [e for e in events if e.policy == "plateau" and e.step < changed.step]
     assert plateau_cuts, "the old data's plateau should have annealed the LR"
     (withdrawn,) = [e for e in events if e.policy == "plateau" and "withdrawn" in e.reason]

@@ -347,7 +347,11 @@ class Controller:
                 self._record(_action_event(self.step, EventKind.VERDICT, proposal))
             elif proposal.action is Action.NEW_DATA:
                 self._data_changed_at = self.step
-                self._record(_action_event(self.step, EventKind.VERDICT, proposal))
+                event = _action_event(self.step, EventKind.VERDICT, proposal)
+                # a stable marker for readers of the log (the doctor): this verdict is a
+                # data change, and the skips and rollbacks that led to it were not divergence
+                signals = {**event.signals, "new_data": 1.0}
+                self._record(Event(**{**event.__dict__, "signals": signals}))
             elif proposal.action is Action.PLAN:
                 self._record(self._plan_event(proposal, bases))
             elif proposal.action is Action.KEEP_BEST:

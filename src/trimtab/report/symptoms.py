@@ -30,6 +30,12 @@ DRIFT_SHARE = 0.3  # ... and at least 0.3x as fast as the freshly trained head
 BACKBONE_WORDS = ("backbone", "encoder", "base", "body", "features", "pretrained", "trunk")
 
 
+_SHIFT_ADVICE = (
+    "check the data pipeline at that step (shuffling, a new shard, augmentation, label "
+    "mapping); the optimizer settings are not the cause"
+)
+
+
 def _median(values: list[float]) -> float:
     return statistics.median(values) if values else math.nan
 
@@ -62,9 +68,29 @@ def nonfinite(run: RunLog) -> Finding | None:
     )
 
 
+def _data_changes(run: RunLog) -> list[dict]:
+    """trimtab's verdicts that the data changed (marked ``new_data`` in their signals)."""
+    return [
+        e
+        for e in run.events
+        if e.get("kind") == "verdict" and (e.get("signals") or {}).get("new_data") == 1.0
+    ]
+
+
 def interventions(run: RunLog) -> Finding | None:
-    """trimtab skipped or rolled back steps: the loss diverged or went non-finite."""
-    incidents = [e for e in run.events if e.get("kind") in ("skip", "rollback")]
+    """trimtab skipped or rolled back steps: the loss diverged or went non-finite.
+
+    The guard's skips and rollback that ended in a data-change verdict (at that step or
+    the one before) were the new data, not divergence, and do not count."""
+    changed = {int(e["step"]) for e in _data_changes(run)}
+    incidents = [
+        e
+        for e in run.events
+        if e.get("kind") in ("skip", "rollback")
+        and not (
+            e.get("policy") == "stability_guard" and {int(e["step"]), int(e["step"]) + 1} & changed
+        )
+    ]
     if not incidents:
         return None
     first = incidents[0]
@@ -126,7 +152,7 @@ def distribution_shift(run: RunLog) -> Finding | None:
         if held and big and (best is None or ratio > best[0]):
             best = (ratio, i, losses[i][0])
     if best is None:
-        return None
+        return _announced_shift(run)
     ratio, index, step = best
     before = _median([v for _, v in losses[index - 3 : index]])
     return Finding(
@@ -138,11 +164,28 @@ def distribution_shift(run: RunLog) -> Finding | None:
             f"({fmt(ratio)}x) at step {step}, after falling from {fmt(start)}, "
             "and stayed above the old level"
         ),
-        advice="check the data pipeline at that step (shuffling, a new shard, augmentation, "
-        "label mapping); the optimizer settings are not the cause",
+        advice=_SHIFT_ADVICE,
         values={"loss_before": before, "loss_after": losses[index][1], "jump": ratio},
         target=DATA_OR_MODEL,
         step=step,
+    )
+
+
+def _announced_shift(run: RunLog) -> Finding | None:
+    """No jump in the logged snapshots, but trimtab found new data during the run."""
+    changes = _data_changes(run)
+    if not changes:
+        return None
+    first = changes[0]
+    return Finding(
+        code="distribution_shift",
+        kind=Kind.SYMPTOM,
+        title="trimtab found that the data changed mid-run",
+        evidence=f"{first.get('policy')} at step {first['step']}: {first.get('reason')}",
+        advice=_SHIFT_ADVICE,
+        values={"data_changes": float(len(changes))},
+        target=DATA_OR_MODEL,
+        step=int(first["step"]),
     )
 
 
