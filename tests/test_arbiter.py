@@ -275,3 +275,21 @@ def test_withdraw_records_survive_a_resume_and_old_checkpoints_load():
     restored.load_state_dict(old)  # a checkpoint from before withdraw existed
     _, (r,) = restored.arbitrate([back], step=1, groups=("g0",), multipliers={(Knob.LR, "g0"): 0.5})
     assert "nothing of plateau's to withdraw" in r.why
+
+
+@pytest.mark.parametrize("restoring", ["withdraw", "undo"])
+def test_an_undo_or_withdraw_with_nothing_to_take_back_supersedes_nothing(restoring):
+    # an empty ask by a more urgent priority would otherwise win the slot and be refused
+    arbiter = Arbiter()
+    empty = Proposal(
+        "plateau",
+        "new data",
+        Priority.RECOVERY,
+        knob=Knob.LR,
+        group="g0",
+        **({"withdraw": True} if restoring == "withdraw" else {"target": 1.0, "undo": True}),
+    )
+    ramp = Proposal("early", "ramp", Priority.SPEED, knob=Knob.LR, group="g0", factor=2.0)
+    (d,), (r,) = arbiter.arbitrate([empty, ramp], step=0, groups=GROUPS, multipliers={})
+    assert d.proposal is ramp and d.new == pytest.approx(2.0)
+    assert r.proposal is empty and f"nothing of plateau's to {restoring}" in r.why

@@ -168,12 +168,3 @@ def test_a_curve_still_setting_new_bests_is_no_plateau_however_wide_its_band():
     # once two observations set no new best, the flat trend counts
     rounds = drive(Plateau(window=5, cooldown=0), [*bending, 0.141, 0.1405])
     assert rounds[-2] == [] and rounds[-1][0].factor == 0.5
-
-
-def test_new_data_asks_no_withdraw_of_a_plateau_that_never_moved_the_lr():
-    # an empty ask would still outrank (and so knock out) other policies' proposals
-    policy, signals = Plateau(), Signals()
-    signals.observe(0, {"val_loss": 1.0})
-    view = PolicyView(5, None, signals, ("g0",), {}, data_changed_at=5)
-    proposals, state = policy.propose(view, policy.initial_state())
-    assert proposals == [] and state["data_since"] == 5

@@ -185,13 +185,26 @@ class Arbiter:
 
         for slot in sorted(by_slot, key=lambda s: (s[0].value, s[1])):
             old = multipliers.get(slot, 1.0)
-            ranked = sorted(by_slot[slot], key=lambda p: (p.priority, _wanted(p, old)))
+            ceiling = (ceilings or {}).get(slot)
+            contenders = []
+            for proposal in by_slot[slot]:
+                # an undo or a withdraw with nothing to take back asks for nothing, so it
+                # must not supersede a proposal that asks for something
+                empty = proposal.undo or proposal.withdraw
+                verdict = self._limit(proposal, slot, old, step, ceiling) if empty else None
+                if isinstance(verdict, str):
+                    rejections.append(Rejection(proposal, verdict))
+                else:
+                    contenders.append(proposal)
+            if not contenders:
+                continue
+            ranked = sorted(contenders, key=lambda p: (p.priority, _wanted(p, old)))
             winner, losers = ranked[0], ranked[1:]
             for loser in losers:
                 rejections.append(
                     Rejection(loser, f"superseded by {winner.policy} on {slot[0].value}/{slot[1]}")
                 )
-            verdict = self._limit(winner, slot, old, step, (ceilings or {}).get(slot))
+            verdict = self._limit(winner, slot, old, step, ceiling)
             if isinstance(verdict, str):
                 rejections.append(Rejection(winner, verdict))
                 continue
@@ -228,11 +241,9 @@ class Arbiter:
         factor = wanted / old
         low, high = cfg.rate_limits.get(proposal.priority, (1.0, 1.0))
         factor = min(max(factor, low), high)
-        b_low, b_high = cfg.bounds.get(knob, (1.0, 1.0))
-        if ceiling is not None:
-            b_high = min(b_high, max(ceiling, b_low))
-            if old > b_high and old * factor > old:
-                return f"{knob.value}/{group} is above its ceiling {b_high:.4g}"
+        b_low, b_high = self._bounds(knob, ceiling)
+        if ceiling is not None and old > b_high and old * factor > old:
+            return f"{knob.value}/{group} is above its ceiling {b_high:.4g}"
         new = min(max(old * factor, b_low), b_high)
         if abs(math.log(new / old)) < cfg.epsilon:
             return f"change below epsilon or at a bound ({knob.value}/{group} stays {old:.4g})"
@@ -249,6 +260,11 @@ class Arbiter:
                 f"reason within {cfg.reversal_window} steps"
             )
         return new
+
+    def _bounds(self, knob: Knob, ceiling: float | None) -> tuple[float, float]:
+        """The knob's multiplier bounds, the upper one lowered to a slot's ceiling."""
+        low, high = self.config.bounds.get(knob, (1.0, 1.0))
+        return low, high if ceiling is None else min(high, max(ceiling, low))
 
     def _undo(self, proposal: Proposal, slot: tuple[Knob, str], old: float, step: int, last):
         """Take back the proposer's own last change of ``slot``, at most to where it began.
@@ -284,9 +300,7 @@ class Arbiter:
         """
         knob, group = slot
         own = self._own.get((*slot, proposal.policy), 1.0)
-        b_low, b_high = self.config.bounds.get(knob, (1.0, 1.0))
-        if ceiling is not None:
-            b_high = min(b_high, max(ceiling, b_low))
+        b_low, b_high = self._bounds(knob, ceiling)
         new = min(max(old / own, b_low), b_high)
         # only toward undoing: a bound or ceiling on the far side of ``old`` means there
         # is nothing to withdraw now (what is left stays on record)

@@ -96,7 +96,6 @@ class Plateau(Policy):
             "since_best": 0,
             "trial": None,
             "data_since": None,  # observations up to this step describe older data
-            "moved": False,  # an LR change was proposed since the start or the last reset
         }
 
     def propose(self, view: PolicyView, state: PolicyState) -> tuple[list[Proposal], PolicyState]:
@@ -169,7 +168,6 @@ class Plateau(Policy):
                 factor=self.raise_factor,
                 signals={self.metric: history[-1][1], "alignment": alignment, "provisional": 1.0},
             )
-            state["moved"] = True
             return [raise_], state
         why = (
             f"{self.metric} is not significantly {direction} over the last {fit.n} "
@@ -191,7 +189,6 @@ class Plateau(Policy):
             factor=self.factor,
             signals=evidence,
         )
-        state["moved"] = True
         return [cut], state
 
     def _new_data(self, view: PolicyView, state: PolicyState) -> tuple[list[Proposal], PolicyState]:
@@ -215,9 +212,6 @@ class Plateau(Policy):
                     signals={"data_changed_at": float(changed)},
                 )
             )
-        if not state.get("moved", True):
-            return proposals, fresh  # nothing to withdraw (an empty ask would still
-            # outrank other policies' proposals on the slot)
         proposals.append(
             Proposal(
                 policy=self.name,
