@@ -27,6 +27,14 @@ def test_observations_skip_non_finite_values_but_count_them():
     assert signals.observed_metrics() == ("accuracy", "val_loss")
 
 
+def test_observations_after_a_step_leave_out_that_step_and_earlier():
+    signals = Signals()
+    for step, value in ((10, 1.0), (20, 2.0), (30, 3.0)):
+        signals.observe(step, {"val_loss": value})
+    assert signals.observations("val_loss", after=20) == ((30, 3.0),)
+    assert signals.observations("val_loss", after=None) == signals.observations("val_loss")
+
+
 def test_state_round_trip_and_version_check():
     signals = Signals(window=4)
     signals.record(1, {"a": 1.0})

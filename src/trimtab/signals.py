@@ -67,12 +67,15 @@ class Signals:
     def names(self) -> tuple[str, ...]:
         return tuple(sorted(self._latest))
 
-    def observations(self, metric: str) -> tuple[tuple[int, float], ...]:
-        """``(step, value)`` pairs of a validation metric, oldest first, finite values only."""
+    def observations(self, metric: str, after: int | None = None) -> tuple[tuple[int, float], ...]:
+        """``(step, value)`` pairs of a validation metric, oldest first, finite values only
+        (with ``after``: only those observed after that step)."""
         return tuple(
             (int(rec["step"]), rec[metric])
             for rec in self._observations
-            if metric in rec and math.isfinite(rec[metric])
+            if metric in rec
+            and math.isfinite(rec[metric])
+            and (after is None or int(rec["step"]) > after)
         )
 
     def latest_observation(self, metric: str) -> tuple[int, float] | None:

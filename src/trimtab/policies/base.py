@@ -36,6 +36,11 @@ class PolicyView:
     # upper bounds on single multipliers that capping policies set (``multiplier_ceiling``)
     ceilings: Mapping[tuple[Knob, str], float] = field(default_factory=dict)
 
+    def data_changed_since(self, seen: int | None) -> bool:
+        """Whether a data change was announced that a policy, which last saw the one at
+        step ``seen`` (``None``: none), has not answered yet."""
+        return self.data_changed_at is not None and self.data_changed_at != seen
+
     def multiplier(self, knob: Knob, group: str) -> float:
         return self.multipliers.get((knob, group), 1.0)
 

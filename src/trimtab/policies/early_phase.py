@@ -128,7 +128,7 @@ class EarlyPhase(Policy):
             "data_since": state.get("data_since"),
         }
         proposals: list[Proposal] = []
-        if view.data_changed_at is not None and view.data_changed_at != state["data_since"]:
+        if view.data_changed_since(state["data_since"]):
             # New data: losses of the old data are no yardstick, and a pending trial
             # cannot be judged on them. Its raise stays: the ramp goes on from it, and the
             # next trial is judged on the new data's losses.

@@ -99,12 +99,9 @@ class Plateau(Policy):
         }
 
     def propose(self, view: PolicyView, state: PolicyState) -> tuple[list[Proposal], PolicyState]:
-        if view.data_changed_at is not None and view.data_changed_at != state.get("data_since"):
+        if view.data_changed_since(state.get("data_since")):
             return self._new_data(view, state)
-        history = view.signals.observations(self.metric)
-        since = state.get("data_since")
-        if since is not None:
-            history = tuple(h for h in history if h[0] > since)
+        history = view.signals.observations(self.metric, after=state.get("data_since"))
         total = view.signals.observation_count(self.metric)
         if total == state["seen"]:
             return [], state

@@ -155,7 +155,7 @@ class Regularization(Policy):
         }
 
     def propose(self, view: PolicyView, state: PolicyState) -> tuple[list[Proposal], PolicyState]:
-        if view.data_changed_at is not None and view.data_changed_at != state.get("data_since"):
+        if view.data_changed_since(state.get("data_since")):
             # The best weights and the progress were of the old data: never rewind to
             # them. The ladder's counts stay, so new data does not reopen it.
             state = {
@@ -168,9 +168,7 @@ class Regularization(Policy):
         if total == state["seen"] or state["stopped"]:
             return [], state
         state = {**state, "seen": total}
-        history = view.signals.observations(self.metric)
-        if state.get("data_since") is not None:
-            history = tuple(h for h in history if h[0] > state["data_since"])
+        history = view.signals.observations(self.metric, after=state.get("data_since"))
         if not history or view.signals.latest_observation(self.metric) != history[-1]:
             return [], state  # the newest value was NaN/inf: nothing to judge on
         sign = 1.0 if self.mode == "min" else -1.0
