@@ -116,9 +116,10 @@ def section(device: str, syncs: list[dict[str, Any]], overhead: dict[str, float]
         lines.append(f"| {row['loop']} | {row['steps']} | {counts} |")
     lines += [
         "",
-        f"Overhead on the device: plain step {overhead['plain_step_ms']:.2f} ms, "
-        f"trimtab / plain {overhead['median_ratio']:.3f} (median, interleaved), "
-        f"{overhead['window_ratio']:.3f} (25-step windows).",
+        f"Overhead on the device: plain step {overhead['plain_step_ms']:.2f} ms; "
+        f"default probes / plain {overhead['probes_median_ratio']:.3f} (median step), "
+        f"{overhead['probes_window_ratio']:.3f} (25-step windows); whole default Regime "
+        f"/ plain {overhead['median_ratio']:.3f} and {overhead['window_ratio']:.3f}.",
         "",
         END,
     ]

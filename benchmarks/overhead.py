@@ -65,20 +65,61 @@ def _clock(device: str) -> float:
     return time.perf_counter()
 
 
+# What the overhead table compares with a plain step: the default probe preset alone (the
+# issue-4 target: what measuring costs), and the whole default Regime (probes + policies).
+# A second plain loop (None) is the A/A control: how far from 1.000 a ratio strays when
+# nothing differs but the order of the loops.
+VARIANTS: dict[str, dict[str, object] | None] = {
+    "plain_twin": None,
+    "probes": {"policies": ()},
+    "trimtab": {},
+}
+
+
 def interleaved(
     task: str, steps: int, device: str = "cpu", factor: int = 1, **regime_kwargs: object
 ) -> tuple[list[float], list[float], trimtab.Regime, torch.nn.Module]:
-    """Alternate a plain AdamW step and a trimtab step on twin models and batches.
+    """One Regime configuration against a plain step (see ``interleaved_many``)."""
+    ratios, plain_times, regimes, models = interleaved_many(
+        task, steps, {"trimtab": regime_kwargs}, device, factor
+    )
+    regime = regimes["trimtab"]
+    assert regime is not None
+    return ratios["trimtab"], plain_times, regime, models["trimtab"]
 
-    Returns the per-step time ratios and plain step times after 10 warm-up steps, the
-    Regime and its model. The trimtab step gets a closure, for probes that need one.
-    Both loops clear the gradients after the step, so the comparison is like for like.
+
+def interleaved_many(
+    task: str,
+    steps: int,
+    variants: dict[str, dict[str, object] | None],
+    device: str = "cpu",
+    factor: int = 1,
+) -> tuple[
+    dict[str, list[float]],
+    list[float],
+    dict[str, trimtab.Regime | None],
+    dict[str, torch.nn.Module],
+]:
+    """Alternate a plain AdamW step and one step of each Regime variant, on twin models
+    and the same batches, so that the machine's load affects all of them alike.
+
+    Returns each variant's per-step time ratios to the plain step, the plain step times
+    (both after 10 warm-up steps), and each variant's Regime and model. A variant of
+    ``None`` is another plain loop. Regime steps get a closure, for probes that need
+    one. Every loop clears the gradients after the step.
     """
     torch.set_num_threads(1)
     plain, plain_opt = _setup(task, 0, Size(device, factor))
-    adapted, adapted_opt = _setup(task, 0, Size(device, factor))
-    regime = trimtab.Regime(adapted.model, adapted_opt, **regime_kwargs)  # type: ignore[arg-type]
-    ratios, plain_times = [], []
+    regimes: dict[str, trimtab.Regime | None] = {}
+    models, optimizers = {}, {}
+    for name, kwargs in variants.items():
+        setup, opt = _setup(task, 0, Size(device, factor))
+        regimes[name] = (
+            None if kwargs is None else trimtab.Regime(setup.model, opt, **kwargs)  # type: ignore[arg-type]
+        )
+        models[name], optimizers[name] = (setup, setup.model), opt
+    ratios: dict[str, list[float]] = {name: [] for name in variants}
+    plain_times = []
     for step in range(steps):
         batch = plain.batch(step)
         t0 = _clock(device)
@@ -87,38 +128,56 @@ def interleaved(
         # cleared after the step, as Regime.step() does: where the gradients are freed
         # changes how the CPU allocator reuses memory, by 5-9 % of a 30 ms step
         plain_opt.zero_grad(set_to_none=True)
-        t1 = _clock(device)
-        regime.backward(adapted.loss(adapted.model, batch))
-        regime.step(closure=lambda b=batch: adapted.loss(adapted.model, b))
-        t2 = _clock(device)
-        if step >= 10:  # after warm-up
-            ratios.append((t2 - t1) / (t1 - t0))
-            plain_times.append(t1 - t0)
-    return ratios, plain_times, regime, adapted.model
+        plain_time = _clock(device) - t0
+        for name, regime in regimes.items():
+            setup, model = models[name]
+            t1 = _clock(device)
+            if regime is None:
+                setup.loss(model, batch).backward()
+                optimizers[name].step()
+                optimizers[name].zero_grad(set_to_none=True)
+            else:
+                regime.backward(setup.loss(model, batch))
+                regime.step(closure=lambda b=batch, s=setup, m=model: s.loss(m, b))
+            if step >= 10:  # after warm-up
+                ratios[name].append((_clock(device) - t1) / plain_time)
+        if step >= 10:
+            plain_times.append(plain_time)
+    return ratios, plain_times, regimes, {name: m for name, (_, m) in models.items()}
+
+
+def _window_ratio(ratios: list[float], plain_times: list[float]) -> float:
+    # work on a cadence (weight copies every few steps, snapshots every 25) hides from
+    # the median step; total time over 25-step windows counts it, and the median over
+    # windows keeps one preempted step from deciding the figure
+    times = [r * p for r, p in zip(ratios, plain_times, strict=True)]
+    return statistics.median(
+        sum(times[i : i + 25]) / sum(plain_times[i : i + 25])
+        for i in range(0, len(plain_times) - 24, 25)
+    )
 
 
 def measure_task(
     task: str, steps: int = 400, device: str = "cpu", factor: int = 1
 ) -> dict[str, float]:
-    """Median and total-time ratio of (trimtab step) / (plain step) at the default cadence."""
-    ratios, plain_times, regime, model = interleaved(task, steps, device, factor)
-    trimtab_times = [r * p for r, p in zip(ratios, plain_times, strict=True)]
+    """Median and total-time ratios to a plain step at the default cadence: the default
+    probe preset alone (``probes_*``) and the whole default Regime."""
+    ratios, plain_times, regimes, models = interleaved_many(task, steps, VARIANTS, device, factor)
+    regime = regimes["trimtab"]
+    assert regime is not None
     guard = regime._controller.guard
     snapshot_bytes = sum(
         t.numel() * t.element_size() for snap in guard._snapshots for t in snap.model.values()
     )
     return {
         "task": task,
-        "median_ratio": statistics.median(ratios),
-        # work on a cadence (weight copies every few steps, snapshots every 25) hides
-        # from the median step; total time over 25-step windows counts it, and the
-        # median over windows keeps one preempted step from deciding the figure
-        "window_ratio": statistics.median(
-            sum(trimtab_times[i : i + 25]) / sum(plain_times[i : i + 25])
-            for i in range(0, len(plain_times) - 24, 25)
-        ),
+        "twin_median_ratio": statistics.median(ratios["plain_twin"]),
+        "probes_median_ratio": statistics.median(ratios["probes"]),
+        "probes_window_ratio": _window_ratio(ratios["probes"], plain_times),
+        "median_ratio": statistics.median(ratios["trimtab"]),
+        "window_ratio": _window_ratio(ratios["trimtab"], plain_times),
         "plain_step_ms": 1e3 * statistics.median(plain_times),
-        "params": sum(p.numel() for p in model.parameters()),
+        "params": sum(p.numel() for p in models["trimtab"].parameters()),
         "snapshots": len(guard._snapshots),
         "snapshot_weight_bytes": snapshot_bytes,
         "peak_plain_mb": peak_memory_mb(task, "plain", device, factor),

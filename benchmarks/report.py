@@ -230,30 +230,35 @@ def _faults(rows: list[dict]) -> list[str]:
 
 def _overhead(cost: list[dict]) -> list[str]:
     out = [
-        "### Overhead of a trimtab step (default probes and policies)",
+        "### Overhead of a trimtab step",
         "",
-        "| model | parameters | plain step | trimtab / plain (median, interleaved) | "
-        "trimtab / plain (time per 25-step window, median) | snapshots kept | "
-        "snapshot weights | "
-        "peak RSS plain → trimtab |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | parameters | plain step | A/A: plain twin / plain (median step) | "
+        "default probes / plain (median step; "
+        "25-step windows) | trimtab defaults (probes + policies) / plain (median step; "
+        "25-step windows) | snapshots kept | snapshot weights | peak RSS plain → trimtab |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
+    nan = float("nan")
     for c in cost:
         out.append(
             f"| {c['task']} | {c['params']:,} | {c['plain_step_ms']:.2f} ms | "
-            f"{c['median_ratio']:.3f} | {c.get('window_ratio', float('nan')):.3f} | "
+            f"{c.get('twin_median_ratio', nan):.3f} | "
+            f"{c.get('probes_median_ratio', nan):.3f}; {c.get('probes_window_ratio', nan):.3f} | "
+            f"{c['median_ratio']:.3f}; {c.get('window_ratio', nan):.3f} | "
             f"{c['snapshots']} | "
             f"{c['snapshot_weight_bytes'] / 1e6:.2f} MB | "
             f"{c['peak_plain_mb']:.0f} → {c['peak_trimtab_mb']:.0f} MB |"
         )
     out += [
         "",
-        "Both loops clear the gradients after the step, as `Regime.step()` does: with the "
-        "plain loop clearing them before its forward pass instead, an A/A test of two plain "
-        "loops measured 1.06-1.10 on char_lm (the CPU allocator reusing freed gradient "
-        "memory differently), which earlier tables counted as trimtab overhead. The median "
-        "step hides work done on a cadence (weight copies, snapshots); the window column "
-        "counts it.",
+        "The four loops (plain AdamW, a plain twin as the A/A control, the default probe "
+        "preset with no policies, the default Regime) take turns on twin models and the "
+        "same batches, so load hits them alike. All of them clear the gradients after the "
+        "step, as `Regime.step()` does: with the plain loop clearing them before its "
+        "forward pass instead, an A/A test of two plain loops measured 1.06-1.10 on "
+        "char_lm (the CPU allocator reusing freed gradient memory differently), which "
+        "earlier tables counted as trimtab overhead. The median step hides work done on a "
+        "cadence (weight copies, snapshots); the window figures count it.",
         "",
         "Snapshots also hold the optimizer state (for AdamW about twice the weights), on the CPU.",
         "",

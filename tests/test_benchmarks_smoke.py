@@ -113,3 +113,31 @@ def test_the_stability_candidate_gets_a_closure_and_reads_curvature(monkeypatch)
     assert math.isfinite(record["final"])
     record = run_cell("tabular", "trimtab-plus-noise", 1e-3, 0, 12, evals=2)
     assert math.isfinite(record["final"])
+
+
+def test_the_overhead_loops_take_turns_and_report_each_variant():
+    from benchmarks.overhead import VARIANTS, interleaved_many
+    from benchmarks.report import _overhead
+
+    ratios, plain_times, regimes, _ = interleaved_many("width_32", 14, VARIANTS)
+    assert set(ratios) == {"plain_twin", "probes", "trimtab"}
+    assert all(len(r) == len(plain_times) == 4 for r in ratios.values())  # after warm-up
+    assert regimes["plain_twin"] is None
+    assert not regimes["probes"]._controller.policies
+    assert regimes["trimtab"]._controller.policies[0].name == "stability_guard"
+    assert regimes["trimtab"].step_count == 14 and regimes["probes"].step_count == 14
+    row = {
+        "task": "width_32",
+        "params": 1,
+        "plain_step_ms": 1.0,
+        "twin_median_ratio": 1.0,
+        "probes_median_ratio": 1.1,
+        "probes_window_ratio": 1.2,
+        "median_ratio": 1.3,
+        "window_ratio": 1.4,
+        "snapshots": 2,
+        "snapshot_weight_bytes": 0,
+        "peak_plain_mb": 1.0,
+        "peak_trimtab_mb": 1.0,
+    }
+    assert "| 1.000 | 1.100; 1.200 | 1.300; 1.400 |" in _overhead([row])[4]
