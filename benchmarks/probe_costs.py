@@ -110,10 +110,9 @@ def main(argv: list[str] | None = None) -> int:
         "the <= 2 % target is not met on models this small. On the transformer (35-40 ms "
         "per step) the default preset stays under 2 % (the overhead table measures it "
         "with an A/A control; single rows here differ by about 0.5 % from run to run). "
-        "The digits CNN "
-        "column is noisy (ratios below 1, and single rows up to 1.7 on a loaded "
-        "machine); likely the allocator effect the overhead notes describe, not verified "
-        "for this model.",
+        "Single rows move by a few hundredths from run to run on the small models; the "
+        "digits CNN column of an earlier run (2026-11-25) was far noisier (ratios below "
+        "1, single rows up to 1.7 on a loaded machine).",
         "",
         "Alignment and update_ratio share one flat copy of the weights per group, taken "
         "on the step before each alignment reading (every 3 steps) and turned in place "
