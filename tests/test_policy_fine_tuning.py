@@ -17,8 +17,8 @@ from trimtab.types import Action, EventKind, Knob, Priority
 GROUPS = ("backbone", "head")
 
 
-def view(step, signals, multipliers=None, total=None, groups=GROUPS):
-    return PolicyView(step, total, signals, groups, dict(multipliers or {}))
+def view(step, signals, multipliers=None, total=None, groups=GROUPS, own=None):
+    return PolicyView(step, total, signals, groups, dict(multipliers or {}), own=dict(own or {}))
 
 
 def drive(policy, drifts, *, every=10, multipliers=None, total=None):
@@ -103,20 +103,38 @@ def test_drift_over_the_limit_that_stopped_growing_is_left_alone():
     assert not [p for ps in made.values() for p in ps if p.action is Action.ADJUST]
 
 
-def test_drift_well_under_the_limit_undoes_only_the_policys_own_cuts():
-    policy = FineTuning(limit=0.1, ease=1.25, cooldown=50)
-    # over the limit and growing (one cut), then the weights come back under half of it
+def drift_back(policy, accept_cuts=True):
+    """Over the limit and growing (a cut), then the weights come back under half of it;
+    the arbiter's record of the policy's accepted changes kept as the arbiter would."""
     drifts = [0.08 + 0.01 * i for i in range(13)] + [0.02] * 30
     signals, state, moves = Signals(), policy.initial_state(), []
     multipliers = {(Knob.LR, "backbone"): 1.0}
+    own = {}
+    mine = (Knob.LR, "backbone", policy.name)
     for i, value in enumerate(drifts):
         signals.record(i * 10, {"drift/backbone": value})
         for s in range(i * 10, i * 10 + 10):
-            proposals, state = policy.propose(view(s, signals, multipliers), state)
+            proposals, state = policy.propose(view(s, signals, multipliers, own=own), state)
             for p in proposals:
                 if p.action is Action.ADJUST:
                     moves.append((p.priority, p.target))
+                    if p.priority is Priority.REGULARIZATION and not accept_cuts:
+                        continue  # refused by the arbiter
+                    old = multipliers[(Knob.LR, "backbone")]
+                    own[mine] = own.get(mine, 1.0) * p.target / old
                     multipliers[(Knob.LR, "backbone")] = p.target
+    return moves, multipliers
+
+
+def test_a_refused_drift_cut_is_not_eased_back():
+    moves, multipliers = drift_back(FineTuning(limit=0.1, ease=1.25, cooldown=50), False)
+    assert [m[0] for m in moves] == [Priority.REGULARIZATION]  # proposed, never made
+    assert multipliers[(Knob.LR, "backbone")] == 1.0  # no "ease" above the user's LR
+
+
+def test_drift_well_under_the_limit_undoes_only_the_policys_own_cuts():
+    policy = FineTuning(limit=0.1, ease=1.25, cooldown=50)
+    moves, multipliers = drift_back(policy)
     assert moves[0] == (Priority.REGULARIZATION, 0.5)
     assert [m[0] for m in moves[1:]] == [Priority.RECOVERY] * 4
     assert multipliers[(Knob.LR, "backbone")] == pytest.approx(1.0)

@@ -18,15 +18,19 @@ class Script:
     def __init__(self, policy):
         self.policy, self.state = policy, policy.initial_state()
         self.signals, self.multipliers, self.step = Signals(), {}, 0
+        self.own = {}  # what the arbiter would record: every proposal accepted as made
 
-    def feed(self, snr=None):
+    def feed(self, snr=None, accept=True):
         if snr is not None:
             self.signals.record(self.step, {"noise/snr/g0": snr})
-        view = PolicyView(self.step, None, self.signals, GROUPS, dict(self.multipliers))
+        view = PolicyView(
+            self.step, None, self.signals, GROUPS, dict(self.multipliers), own=dict(self.own)
+        )
         proposals, self.state = self.policy.propose(view, self.state)
-        for p in proposals:
-            key = (Knob.LR, "g0")
+        for p in proposals if accept else ():  # accept=False: the arbiter refused them
+            key, mine = (Knob.LR, "g0"), (Knob.LR, "g0", p.policy)
             self.multipliers[key] = self.multipliers.get(key, 1.0) * p.factor
+            self.own[mine] = self.own.get(mine, 1.0) * p.factor
         self.step += 1
         return proposals
 
@@ -84,6 +88,18 @@ def test_another_policys_cut_is_not_undone():
     script.multipliers[(Knob.LR, "g0")] = 0.5  # say, a plateau cut
     assert script.run([4.0] * 40) == []
     assert script.level == 0.5
+
+
+def test_a_refused_cut_is_proposed_again_not_counted_as_made():
+    script = Script(policy())
+    script.run([4.0] * 8)  # the healthy reference
+    refused = [p for v in [0.25] * 40 for p in script.feed(v, accept=False)]
+    assert refused and script.level == 1.0
+    # its level is what the arbiter accepted (nothing): the same persistent fall asks
+    # for the same cut again instead of believing the LR already came down
+    assert len(refused) >= 2
+    assert refused[1].factor == pytest.approx(refused[0].factor)
+    assert refused[1].signals["level"] == 1.0
 
 
 def test_the_floor_bounds_the_total_cut():

@@ -18,8 +18,9 @@ class Script:
     def __init__(self, policy):
         self.policy, self.state = policy, policy.initial_state()
         self.signals, self.multipliers, self.step = Signals(), {}, 0
+        self.own = {}  # what the arbiter would record: every proposal accepted as made
 
-    def feed(self, **values):
+    def feed(self, accept=True, **values):
         record = {}
         if "ratio" in values:
             ratio, lam = values["ratio"], values.get("lam", 10.0)
@@ -28,12 +29,15 @@ class Script:
         if "secant" in values:
             record["grad_stats/secant"] = values["secant"]
         self.signals.record(self.step, record)
-        view = PolicyView(self.step, None, self.signals, GROUPS, dict(self.multipliers))
+        view = PolicyView(
+            self.step, None, self.signals, GROUPS, dict(self.multipliers), own=dict(self.own)
+        )
         proposals, self.state = self.policy.propose(view, self.state)
-        for p in proposals:
+        for p in proposals if accept else ():  # accept=False: the arbiter refused them
             if p.action is Action.ADJUST:
-                key = (Knob.LR, "g0")
+                key, mine = (Knob.LR, "g0"), (Knob.LR, "g0", p.policy)
                 self.multipliers[key] = self.multipliers.get(key, 1.0) * p.factor
+                self.own[mine] = self.own.get(mine, 1.0) * p.factor
         self.step += 1
         return proposals
 
@@ -105,6 +109,29 @@ def test_restores_give_back_only_the_policys_own_cuts():
     script.multipliers[(Knob.LR, "g0")] = 0.1  # another policy's cut
     assert script.feed(ratio=0.5) == []  # 5%: far below, but nothing of its own to give back
     assert script.level == pytest.approx(0.1)
+
+
+def test_a_cut_the_arbiter_refused_is_never_given_back():
+    script = Script(Stability(margin=0.8, aim=0.9, restore_below=0.4, restore_factor=1.25))
+    assert len(script.feed(ratio=1.44, accept=False)) == 1  # proposed, refused
+    assert script.level == 1.0
+    # far below the threshold at the user's LR: counting its proposal as made, the
+    # policy would "restore" a cut that never happened and raise the LR above the user's
+    assert script.feed(ratio=0.1) == []
+    assert script.level == 1.0
+
+
+def test_it_reads_its_own_cuts_from_the_arbiters_record_in_a_regime():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    regime = trimtab.Regime(model, optimizer, policies=["stability_guard", "stability"])
+    arbiter = regime._controller.arbiter
+    arbiter._own[(Knob.LR, "g0", "stability")] = 0.5  # as if it had cut the LR to half
+    assert regime._controller.arbiter.own_record[(Knob.LR, "g0", "stability")] == 0.5
+    fresh = type(arbiter)(arbiter.config)
+    fresh.load_state_dict(arbiter.state_dict())  # the record survives a checkpoint ...
+    assert fresh.own_record[(Knob.LR, "g0", "stability")] == 0.5  # ... and its view too
 
 
 def test_without_curvature_it_does_nothing_and_says_so_once():

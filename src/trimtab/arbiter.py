@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from trimtab import _checks
@@ -143,8 +144,9 @@ class Arbiter:
         # (knob, group) -> the multiplier the last change started from (what an undo restores)
         self._before: dict[tuple[Knob, str], float] = {}
         # (knob, group, policy) -> product of that policy's accepted factors (what a
-        # withdraw divides out)
+        # withdraw divides out, and what a policy that gives back its own cuts reads)
         self._own: dict[tuple[Knob, str, str], float] = {}
+        self.own_record: Mapping[tuple[Knob, str, str], float] = MappingProxyType(self._own)
 
     def arbitrate(
         self,
@@ -326,7 +328,8 @@ class Arbiter:
         # checkpoints from before undo existed lack it: nothing to undo then
         self._before = {(Knob(k), g): float(v) for k, g, v in state.get("before", [])}
         # ... or before withdraw existed: the changes made until then cannot be withdrawn
-        self._own = {(Knob(k), g, p): float(v) for k, g, p, v in state.get("own", [])}
+        self._own.clear()  # in place: ``own_record`` is a view of this dict
+        self._own.update({(Knob(k), g, p): float(v) for k, g, p, v in state.get("own", [])})
 
 
 def _well_formed(proposal: Proposal) -> bool:

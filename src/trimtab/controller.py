@@ -228,6 +228,7 @@ class Controller:
             rewound_at=self._rewound_at,
             data_changed_at=self._data_changed_at,
             ceilings=ceilings,
+            own=self.arbiter.own_record,
         )
         proposals = []
         for policy in self.policies:

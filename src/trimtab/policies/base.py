@@ -35,6 +35,9 @@ class PolicyView:
     data_changed_at: int | None = None
     # upper bounds on single multipliers that capping policies set (``multiplier_ceiling``)
     ceilings: Mapping[tuple[Knob, str], float] = field(default_factory=dict)
+    # (knob, group, policy) -> product of the factors the arbiter accepted from that
+    # policy: what a policy's own changes amount to, after clamps and refusals
+    own: Mapping[tuple[Knob, str, str], float] = field(default_factory=dict)
 
     def data_changed_since(self, seen: int | None) -> bool:
         """Whether a data change was announced that a policy, which last saw the one at
@@ -43,6 +46,12 @@ class PolicyView:
 
     def multiplier(self, knob: Knob, group: str) -> float:
         return self.multipliers.get((knob, group), 1.0)
+
+    def own_factor(self, policy: str, knob: Knob, group: str) -> float:
+        """The product of ``policy``'s accepted changes to ``knob`` on ``group`` (1.0: none
+        on record). A policy that gives back only its own cuts reads this rather than
+        counting what it proposed: a proposal may be clamped, superseded or refused."""
+        return self.own.get((knob, group, policy), 1.0)
 
     def base(self, knob: Knob, group: str) -> float:
         """The user's own value (the schedule's, between steps); 1.0 when unknown."""

@@ -202,9 +202,9 @@ class FineTuning(Policy):
 
     # -- decisions -----------------------------------------------------------------------
     def initial_state(self) -> PolicyState:
-        # owed: per group, the factor of its own cuts not yet eased back (easing undoes
-        # only what this policy cut, never another policy's cut)
-        return {"stage": None, "drift": {}, "moved": {}, "trial": {}, "owed": {}, "grew": {}}
+        # easing undoes only what this policy cut, never another policy's cut: what it
+        # cut is the arbiter's record of its accepted changes (PolicyView.own_factor)
+        return {"stage": None, "drift": {}, "moved": {}, "trial": {}, "grew": {}}
 
     def propose(self, view: PolicyView, state: PolicyState) -> tuple[list[Proposal], PolicyState]:
         backbone = [g for g in view.groups if self.is_backbone(g)]
@@ -215,7 +215,7 @@ class FineTuning(Policy):
                 drift[group] = [*drift.get(group, []), [view.step, reading]][-4 * self.window :]
         state = {**state, "drift": drift, "moved": dict(state["moved"])}
         state["trial"] = dict(state["trial"])
-        state["owed"] = dict(state["owed"])
+        state.pop("owed", None)  # checkpoints before the arbiter kept this record
         proposals = self._plan_events(view, state, backbone)
         if view.step == 0 or view.step % self.period or state["stage"] == "frozen":
             return proposals, state
@@ -280,7 +280,6 @@ class FineTuning(Policy):
         if level > self.limit and growing and current > self.floor * 1.0001:
             new = max(current * self.cut, self.floor)
             state["moved"][group] = view.step
-            state["owed"][group] = state["owed"].get(group, 1.0) * current / new
             state["trial"][group] = {"step": view.step, "rate": rate}
             proposals.append(
                 Proposal(
@@ -297,11 +296,11 @@ class FineTuning(Policy):
                     signals=evidence,
                 )
             )
-        elif level < self.ease_below * self.limit and state["owed"].get(group, 1.0) > 1.0001:
-            owed = state["owed"][group]
+        elif level < self.ease_below * self.limit and (
+            owed := 1.0 / view.own_factor(self.name, Knob.LR, group)
+        ) > 1.0001:
             new = current * min(self.ease, owed)
             state["moved"][group] = view.step
-            state["owed"][group] = owed * current / new
             proposals.append(
                 Proposal(
                     policy=self.name,

@@ -19,8 +19,9 @@ stayed ``margin`` above it as long. The dead band between the two and the persis
 are the hysteresis: stationary noise keeps the target inside the band, so the knob never
 flips.
 
-The policy tracks the level it set itself (the product of its own factors), so another
-policy's cut (a plateau) is never undone by a noise restore.
+Its level is the product of its own factors that the arbiter accepted (``PolicyView.
+own_factor``), so another policy's cut (a plateau) is never undone by a noise restore,
+and a cut the arbiter clamped or refused is not counted as made.
 """
 
 from __future__ import annotations
@@ -103,7 +104,7 @@ class Noise(Policy):
         for group in view.groups:
             entry = groups.setdefault(
                 group,
-                {"readings": [], "first": [], "reference": None, "level": 1.0, "new": 0, "run": 0},
+                {"readings": [], "first": [], "reference": None, "new": 0, "run": 0},
             )
             reading = view.signals.fresh(f"noise/snr/{group}", view.step)
             if reading is None or not math.isfinite(reading):
@@ -120,18 +121,20 @@ class Noise(Policy):
             if entry["new"] < self.period or len(entry["readings"]) < self.window:
                 continue
             entry["new"] = 0
-            made = self._decide(group, entry)
+            entry.pop("level", None)  # checkpoints before the arbiter kept this record
+            made = self._decide(group, entry, view.own_factor(self.name, Knob.LR, group))
             if made is not None:
                 proposals.append(made)
         return proposals, {"groups": groups}
 
-    def _decide(self, group: str, entry: dict[str, Any]) -> Proposal | None:
+    def _decide(self, group: str, entry: dict[str, Any], level: float) -> Proposal | None:
+        """One decision for ``group``; ``level`` is the product of this policy's accepted
+        LR factors there."""
         now = statistics.median(entry["readings"])
         reference = entry["reference"]
         if _h(reference) <= 0:
             return None
         target = min(1.0, max(self.floor, _h(now) / _h(reference)))
-        level = entry["level"]
         evidence = {"snr": now, "reference_snr": reference, "target": target, "level": level}
         at_floor = target <= self.floor and level > self.floor * (1 + 1e-9)
         if target < level * (1 - self.margin) or at_floor:
@@ -148,7 +151,6 @@ class Noise(Policy):
         entry["run"] = 0
         if direction < 0:
             factor = max(target / level, self.max_cut)
-            entry["level"] = level * factor
             return Proposal(
                 policy=self.name,
                 reason=(
@@ -166,7 +168,6 @@ class Noise(Policy):
         factor = min(target / level, self.restore_factor, 1.0 / level)
         if factor <= 1.0 + 1e-9:
             return None
-        entry["level"] = level * factor
         return Proposal(
             policy=self.name,
             reason=(

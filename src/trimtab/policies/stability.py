@@ -21,8 +21,9 @@ noisier estimate and must not talk the policy into a raise); restores wait for a
 exact reading. The proxy needs three secants at least and cuts only above
 ``secant_tolerance`` x ``margin``, so secant noise alone does not cut.
 
-Restores give back only this policy's own cuts (it tracks the product of its factors),
-never another policy's (a plateau cut). It may still give its own cut back once another
+Restores give back only this policy's own cuts (the arbiter's record of the factors it
+accepted from this policy, so a clamped or refused cut is not counted), never another
+policy's (a plateau cut). It may still give its own cut back once another
 policy's cut has made room under the threshold: the constraint is then slack.
 
 Without ``regime.step(closure=...)`` the curvature probe emits nothing and this policy
@@ -116,11 +117,11 @@ class Stability(Policy):
             "scale": None,  # lambda / secant at the last exact reading
             "secants": [],  # the last ``secant_window`` secant readings
             "noted": False,
-            "levels": {},  # per group: the product of this policy's own LR factors
         }
 
     def propose(self, view: PolicyView, state: PolicyState) -> tuple[list[Proposal], PolicyState]:
-        state = {**state, "secants": list(state["secants"]), "levels": dict(state["levels"])}
+        state = {**state, "secants": list(state["secants"])}
+        state.pop("levels", None)  # checkpoints before the arbiter kept this record
         signals = view.signals
         lam = signals.fresh("curvature/lambda", view.step)
         coefficient = signals.fresh("curvature/coefficient", view.step)
@@ -164,10 +165,9 @@ class Stability(Policy):
         proposals = []
         aim = self.aim * self.margin
         trigger = self.margin if exact else self.margin * self.secant_tolerance
-        levels = state["levels"]
         for group in view.groups:
             level = view.multiplier(Knob.LR, group)
-            own = levels.get(group, 1.0)
+            own = view.own_factor(self.name, Knob.LR, group)
             effective = ratio * level
             evidence = {
                 "sharpness": lam,
@@ -177,7 +177,6 @@ class Stability(Policy):
             }
             if effective > trigger:
                 factor = max(aim / effective, self.max_cut)
-                levels[group] = own * factor
                 proposals.append(
                     Proposal(
                         policy=self.name,
@@ -201,7 +200,6 @@ class Stability(Policy):
                 )
                 if factor <= 1.0 + 1e-9:
                     continue
-                levels[group] = own * factor
                 proposals.append(
                     Proposal(
                         policy=self.name,
