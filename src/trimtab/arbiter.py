@@ -188,16 +188,18 @@ class Arbiter:
         for slot in sorted(by_slot, key=lambda s: (s[0].value, s[1])):
             old = multipliers.get(slot, 1.0)
             ceiling = (ceilings or {}).get(slot)
-            contenders = []
+            contenders, checked = [], {}
             for proposal in by_slot[slot]:
                 # an undo or a withdraw with nothing to take back asks for nothing, so it
                 # must not supersede a proposal that asks for something
-                empty = proposal.undo or proposal.withdraw
-                verdict = self._limit(proposal, slot, old, step, ceiling) if empty else None
-                if isinstance(verdict, str):
-                    rejections.append(Rejection(proposal, verdict))
-                else:
-                    contenders.append(proposal)
+                if proposal.undo or proposal.withdraw:
+                    checked[id(proposal)] = verdict = self._limit(
+                        proposal, slot, old, step, ceiling
+                    )
+                    if isinstance(verdict, str):
+                        rejections.append(Rejection(proposal, verdict))
+                        continue
+                contenders.append(proposal)
             if not contenders:
                 continue
             ranked = sorted(contenders, key=lambda p: (p.priority, _wanted(p, old)))
@@ -206,7 +208,11 @@ class Arbiter:
                 rejections.append(
                     Rejection(loser, f"superseded by {winner.policy} on {slot[0].value}/{slot[1]}")
                 )
-            verdict = self._limit(winner, slot, old, step, ceiling)
+            verdict = (
+                checked[id(winner)]
+                if id(winner) in checked
+                else self._limit(winner, slot, old, step, ceiling)
+            )
             if isinstance(verdict, str):
                 rejections.append(Rejection(winner, verdict))
                 continue

@@ -8,6 +8,7 @@ loops; framework integrations call it from their pre-optimizer-step hook.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -351,8 +352,7 @@ class Controller:
                 event = _action_event(self.step, EventKind.VERDICT, proposal)
                 # a stable marker for readers of the log (the doctor): this verdict is a
                 # data change, and the skips and rollbacks that led to it were not divergence
-                signals = {**event.signals, "new_data": 1.0}
-                self._record(Event(**{**event.__dict__, "signals": signals}))
+                self._record(dataclasses.replace(event, signals={**event.signals, "new_data": 1.0}))
             elif proposal.action is Action.PLAN:
                 self._record(self._plan_event(proposal, bases))
             elif proposal.action is Action.KEEP_BEST:
@@ -384,7 +384,7 @@ class Controller:
             for proposal in restore_events:
                 event = _action_event(self.step, EventKind.RESTORE, proposal)
                 reason = f"{proposal.reason} (restored the weights of step {kept})"
-                self._record(Event(**{**event.__dict__, "reason": reason}))
+                self._record(dataclasses.replace(event, reason=reason))
         return outcome
 
     def _ceilings(self) -> dict[tuple[Knob, str], float]:

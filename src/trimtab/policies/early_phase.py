@@ -176,45 +176,41 @@ class EarlyPhase(Policy):
             signals={"update_ratio/max": worst},
         )
 
-    def _ended_by_rewind(self, group: str, trial: dict[str, Any]) -> Proposal:
+    def _verdict_event(self, group: str, reason: str, signals: dict[str, float]) -> Proposal:
+        """A verdict on ``group``'s trial or ramp: an event, no knob moves."""
         return Proposal(
             policy=self.name,
-            reason=(
-                f"trial of step {trial['step']} ended: the weights were rewound to an "
-                "earlier best (the model memorizes); no further raises"
-            ),
+            reason=reason,
             priority=Priority.SPEED,
             action=Action.VERDICT,
             group=group,
-            signals={"multiplier": trial["multiplier"]},
+            signals=signals,
+        )
+
+    def _ended_by_rewind(self, group: str, trial: dict[str, Any]) -> Proposal:
+        return self._verdict_event(
+            group,
+            f"trial of step {trial['step']} ended: the weights were rewound to an "
+            "earlier best (the model memorizes); no further raises",
+            {"multiplier": trial["multiplier"]},
         )
 
     def _ended_by_new_data(self, group: str, trial: dict[str, Any], view: PolicyView) -> Proposal:
-        return Proposal(
-            policy=self.name,
-            reason=(
-                f"trial of step {trial['step']} not judged: the data changed at step "
-                f"{view.data_changed_at}, so the losses since say nothing about the raise; "
-                "it stays, and the ramp goes on from it"
-            ),
-            priority=Priority.SPEED,
-            action=Action.VERDICT,
-            group=group,
-            signals={"multiplier": trial["multiplier"]},
+        return self._verdict_event(
+            group,
+            f"trial of step {trial['step']} not judged: the data changed at step "
+            f"{view.data_changed_at}, so the losses since say nothing about the raise; "
+            "it stays, and the ramp goes on from it",
+            {"multiplier": trial["multiplier"]},
         )
 
     def _ended_by_cut(self, group: str, before: float, now: float) -> Proposal:
-        return Proposal(
-            policy=self.name,
-            reason=(
-                f"another policy cut the lr multiplier from {before:.3g} to {now:.3g} since "
-                "the last decision: it knows something the alignment does not; no further "
-                "raises"
-            ),
-            priority=Priority.SPEED,
-            action=Action.VERDICT,
-            group=group,
-            signals={"multiplier": now, "before": before},
+        return self._verdict_event(
+            group,
+            f"another policy cut the lr multiplier from {before:.3g} to {now:.3g} since "
+            "the last decision: it knows something the alignment does not; no further "
+            "raises",
+            {"multiplier": now, "before": before},
         )
 
     def _too_fast(self, view: PolicyView, group: str, entry: dict[str, Any]) -> Proposal | None:
@@ -322,44 +318,29 @@ class EarlyPhase(Policy):
             # The arbiter refused the raise (a cooldown, a more urgent recent cut, or
             # another policy's move on the same step won): no trial took place, so there
             # is nothing to judge and the ramp may go on.
-            return Proposal(
-                policy=self.name,
-                reason=(
-                    f"trial of step {trial['step']} did not happen: the arbiter refused or "
-                    f"superseded the raise (the lr multiplier is {current:.3g}, not "
-                    f"{trial['multiplier']:.3g}); the ramp goes on"
-                ),
-                priority=Priority.SPEED,
-                action=Action.VERDICT,
-                group=group,
-                signals=evidence,
+            return self._verdict_event(
+                group,
+                f"trial of step {trial['step']} did not happen: the arbiter refused or "
+                f"superseded the raise (the lr multiplier is {current:.3g}, not "
+                f"{trial['multiplier']:.3g}); the ramp goes on",
+                evidence,
             )
         if not applied:
             # Another policy cut the rate since the raise: the ramp is over.
             entry["done"] = True
-            return Proposal(
-                policy=self.name,
-                reason=(
-                    f"trial of step {trial['step']} ended: the lr multiplier is "
-                    f"{current:.3g}, not the {trial['multiplier']:.3g} it raised to "
-                    "(cut by another policy); no further raises"
-                ),
-                priority=Priority.SPEED,
-                action=Action.VERDICT,
-                group=group,
-                signals=evidence,
+            return self._verdict_event(
+                group,
+                f"trial of step {trial['step']} ended: the lr multiplier is "
+                f"{current:.3g}, not the {trial['multiplier']:.3g} it raised to "
+                "(cut by another policy); no further raises",
+                evidence,
             )
         if after <= limit:
-            return Proposal(
-                policy=self.name,
-                reason=(
-                    f"trial of step {trial['step']} kept: mean train loss {after:.4g} over "
-                    f"the last {len(recent)} steps, at or below {limit:.4g}"
-                ),
-                priority=Priority.SPEED,
-                action=Action.VERDICT,
-                group=group,
-                signals=evidence,
+            return self._verdict_event(
+                group,
+                f"trial of step {trial['step']} kept: mean train loss {after:.4g} over "
+                f"the last {len(recent)} steps, at or below {limit:.4g}",
+                evidence,
             )
         entry["done"] = True
         return Proposal(

@@ -296,9 +296,10 @@ class FineTuning(Policy):
                     signals=evidence,
                 )
             )
-        elif level < self.ease_below * self.limit and (
-            owed := 1.0 / view.own_factor(self.name, Knob.LR, group)
-        ) > 1.0001:
+        elif (
+            level < self.ease_below * self.limit
+            and (owed := 1.0 / view.own_factor(self.name, Knob.LR, group)) > 1.0001
+        ):
             new = current * min(self.ease, owed)
             state["moved"][group] = view.step
             proposals.append(
