@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 import trimtab
-from benchmarks.overhead import measure_task
+from benchmarks.overhead import measure_task, train_step
 from benchmarks.sections import replace_section
 from benchmarks.tasks import TASKS, Size
 
@@ -81,14 +81,7 @@ def count_syncs(device: str, steps: int, trimtab_loop: bool, factor: int = 1) ->
         batch = setup.batch(step)
         with warnings.catch_warnings(record=True) as caught, sync_mode(device, "warn"):
             warnings.simplefilter("always")
-            loss = setup.loss(setup.model, batch)
-            if regime is None:
-                loss.backward()
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            else:
-                regime.backward(loss)
-                regime.step(closure=lambda b=batch: setup.loss(setup.model, b))
+            train_step(setup, optimizer, regime, batch)
         per_step.append(sum("synchroniz" in str(w.message) for w in caught))
     return {
         "loop": "trimtab (default probes)" if trimtab_loop else "plain AdamW",

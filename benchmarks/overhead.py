@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 import trimtab
-from benchmarks.tasks import TASKS, Size
+from benchmarks.tasks import TASKS, Batch, Setup, Size
 
 OVERHEAD_TASKS = ("width_128", "char_lm")
 _PEAK_SCRIPT = """
@@ -65,6 +65,23 @@ def _clock(device: str) -> float:
     return time.perf_counter()
 
 
+def train_step(
+    setup: Setup, optimizer: torch.optim.Optimizer, regime: trimtab.Regime | None, batch: Batch
+) -> None:
+    """One training step, plain (``regime`` None) or through the Regime with a closure
+    for probes that need one. Both clear the gradients after the step, as
+    ``Regime.step()`` does: where the gradients are freed changes how the CPU allocator
+    reuses memory, by 5-9 % of a 30 ms step."""
+    loss = setup.loss(setup.model, batch)
+    if regime is None:
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    else:
+        regime.backward(loss)
+        regime.step(closure=lambda: setup.loss(setup.model, batch))
+
+
 # What the overhead table compares with a plain step: the default probe preset alone (the
 # issue-4 target: what measuring costs), and the whole default Regime (probes + policies).
 # A second plain loop (None) is the A/A control: how far from 1.000 a ratio strays when
@@ -105,45 +122,34 @@ def interleaved_many(
 
     Returns each variant's per-step time ratios to the plain step, the plain step times
     (both after 10 warm-up steps), and each variant's Regime and model. A variant of
-    ``None`` is another plain loop. Regime steps get a closure, for probes that need
-    one. Every loop clears the gradients after the step.
+    ``None`` is another plain loop. Each step is ``train_step``.
     """
     torch.set_num_threads(1)
     plain, plain_opt = _setup(task, 0, Size(device, factor))
     regimes: dict[str, trimtab.Regime | None] = {}
-    models, optimizers = {}, {}
+    setups, optimizers = {}, {}
     for name, kwargs in variants.items():
-        setup, opt = _setup(task, 0, Size(device, factor))
+        setups[name], optimizers[name] = _setup(task, 0, Size(device, factor))
         regimes[name] = (
-            None if kwargs is None else trimtab.Regime(setup.model, opt, **kwargs)  # type: ignore[arg-type]
+            None
+            if kwargs is None
+            else trimtab.Regime(setups[name].model, optimizers[name], **kwargs)  # type: ignore[arg-type]
         )
-        models[name], optimizers[name] = (setup, setup.model), opt
     ratios: dict[str, list[float]] = {name: [] for name in variants}
     plain_times = []
     for step in range(steps):
         batch = plain.batch(step)
         t0 = _clock(device)
-        plain.loss(plain.model, batch).backward()
-        plain_opt.step()
-        # cleared after the step, as Regime.step() does: where the gradients are freed
-        # changes how the CPU allocator reuses memory, by 5-9 % of a 30 ms step
-        plain_opt.zero_grad(set_to_none=True)
+        train_step(plain, plain_opt, None, batch)
         plain_time = _clock(device) - t0
         for name, regime in regimes.items():
-            setup, model = models[name]
             t1 = _clock(device)
-            if regime is None:
-                setup.loss(model, batch).backward()
-                optimizers[name].step()
-                optimizers[name].zero_grad(set_to_none=True)
-            else:
-                regime.backward(setup.loss(model, batch))
-                regime.step(closure=lambda b=batch, s=setup, m=model: s.loss(m, b))
+            train_step(setups[name], optimizers[name], regime, batch)
             if step >= 10:  # after warm-up
                 ratios[name].append((_clock(device) - t1) / plain_time)
         if step >= 10:
             plain_times.append(plain_time)
-    return ratios, plain_times, regimes, {name: m for name, (_, m) in models.items()}
+    return ratios, plain_times, regimes, {name: s.model for name, s in setups.items()}
 
 
 def _window_ratio(ratios: list[float], plain_times: list[float]) -> float:
