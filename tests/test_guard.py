@@ -109,3 +109,47 @@ def test_best_state_round_trips_and_old_states_without_it_still_load():
     legacy = {k: v for k, v in state.items() if k != "best"}
     other.load_state_dict(legacy)
     assert other.best_step is None
+
+
+def test_the_first_snapshot_outlives_the_rolling_ones_and_a_restart_loads_it():
+    model = tiny_mlp()
+    opt = torch.optim.AdamW(model.parameters(), lr=0.01)
+    guard = Guard(model, [opt], every=1, keep=2)
+    with pytest.raises(StateError, match="no initial state"):
+        guard.restore_initial()
+    guard.take(0)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    for seed in range(1, 5):
+        train_step(model, opt, seed)
+        guard.take(seed)
+    guard.keep_best(4)
+    assert guard.steps == (3, 4) and guard.initial_step == 0
+    assert guard.restore_initial() == 0
+    assert all(torch.equal(v, start[k]) for k, v in model.state_dict().items())
+    assert opt.state_dict()["state"] == {}  # the optimizer as it was: no moments yet
+    assert guard.steps == (0,) and guard.best_step == 4  # the best stays until beaten
+    train_step(model, opt, 9)  # training again does not touch the kept start
+    assert guard.restore_initial() == 0
+    assert all(torch.equal(v, start[k]) for k, v in model.state_dict().items())
+
+
+def test_the_start_state_round_trips_and_an_old_state_cannot_restart():
+    model = tiny_mlp()
+    opt = torch.optim.AdamW(model.parameters(), lr=0.01)
+    guard = Guard(model, [opt], every=1, keep=1)
+    guard.take(0)
+    train_step(model, opt, 0)
+    guard.take(1)
+    state = guard.state_dict()
+    other_model = tiny_mlp(seed=1)
+    other = Guard(other_model, [torch.optim.AdamW(other_model.parameters())], keep=1)
+    other.load_state_dict(state)
+    assert other.initial_step == 0 and other.restore_initial() == 0
+    assert all(
+        torch.equal(v, state["initial"]["model"][k]) for k, v in other_model.state_dict().items()
+    )
+    # saved before restarts existed: a later snapshot is not the run's start
+    legacy = Guard(other_model, [torch.optim.AdamW(other_model.parameters())])
+    legacy.load_state_dict({k: v for k, v in state.items() if k != "initial"})
+    legacy.take(7)
+    assert legacy.initial_step is None

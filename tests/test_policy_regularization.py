@@ -19,6 +19,8 @@ class Script:
         self.signals = Signals()
         self.step = 0
         self.data_changed_at = None
+        self.restart_step = None  # the controller's: where a restart would return to
+        self.multipliers = {}
 
     def observe(self, val, train):
         for _ in range(10):  # ten training steps at this loss between observations
@@ -26,7 +28,13 @@ class Script:
             self.signals.record(self.step, {"loss/train": train})
         self.signals.observe(self.step, {"val_loss": val})
         view = PolicyView(
-            self.step, self.total, self.signals, ("g0",), {}, data_changed_at=self.data_changed_at
+            self.step,
+            self.total,
+            self.signals,
+            ("g0",),
+            dict(self.multipliers),
+            data_changed_at=self.data_changed_at,
+            restart_step=self.restart_step,
         )
         proposals, self.state = self.policy.propose(view, self.state)
         assert self.policy.propose(view, self.state)[0] == []  # nothing new: nothing to do
@@ -121,12 +129,56 @@ def test_max_mode_watches_an_accuracy():
     assert actions(script.observe(0.8, train=0.05)) == ["restore_best", "stop"]
 
 
+def past_best_at_first(script, *, first=0.5):
+    """Best at the first observation, then five worse ones while training improves."""
+    made = script.observe(first, train=0.5)
+    for i, val in enumerate((0.7, 0.8, 0.85, 0.9, 0.92)):
+        made += script.observe(val, train=0.4 - 0.05 * i)
+    return made
+
+
+def test_a_best_at_the_first_observation_restarts_once_at_a_sixteenth_of_its_lr():
+    script = Script(Regularization(patience=2))
+    script.restart_step = 0
+    script.multipliers = {(Knob.LR, "g0"): 2.0}  # the lr in use when the best was seen
+    script.observe(0.5, train=0.5)
+    script.multipliers = {(Knob.LR, "g0"): 1.0}  # another policy halved it since
+    for i, val in enumerate((0.7, 0.8, 0.85, 0.9)):
+        assert script.observe(val, train=0.4 - 0.05 * i) == []
+    made = script.observe(0.92, train=0.2)
+    assert actions(made) == ["adjust:lr", "restart"]  # no decay raise: the step was the cause
+    lr = next(p for p in made if p.knob is Knob.LR)
+    assert lr.factor == pytest.approx(2.0 / 16) and lr.group == "g0"
+    assert "first observation" in lr.reason and "2 -> 0.125" in lr.reason
+    # once per run: the next detection (no new best since) rewinds
+    for val in (0.93, 0.95):
+        made = script.observe(val, train=0.1)
+    assert "restore_best" in actions(made) and "restart" not in actions(made)
+
+
+@pytest.mark.parametrize(
+    "case", ["best later", "switched off", "no start state", "new data", "too late"]
+)
+def test_a_restart_needs_a_first_best_a_start_state_and_time_left(case):
+    policy = Regularization(patience=2, restart=case != "switched off")
+    script = Script(policy, total_steps=80 if case == "too late" else None)
+    script.restart_step = None if case == "no start state" else 0
+    if case == "new data":
+        script.observe(2.0, train=2.0)
+        script.data_changed_at = script.step
+    if case == "best later":
+        script.observe(0.6, train=0.6)
+    made = past_best_at_first(script)
+    assert "restart" not in actions(made) and "restore_best" in actions(made)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
         ({"mode": "median"}, "mode"),
         ({"decay_factor": 1.0}, "decay_factor"),
         ({"rewind_factor": 1.5}, "rewind_factor"),
+        ({"restart_factor": 1.0}, "restart_factor"),
         ({"min_stop_fraction": 2.0}, "min_stop_fraction"),
         ({"patience": 0}, "patience"),
     ],
@@ -165,7 +217,8 @@ def memorizing_run(policies, steps=240, seed=0):
 
 
 def test_a_memorizing_run_stops_early_with_the_best_weights_restored():
-    regime, observed, final = memorizing_run(("stability_guard", "regularization"))
+    # without the restart: this run's best is its first observation (see below)
+    regime, observed, final = memorizing_run(("stability_guard", Regularization(restart=False)))
     kinds = [e.kind for e in regime.events]
     assert EventKind.RESTORE in kinds and kinds[-1] in (EventKind.STOP, EventKind.RESTORE)
     assert regime.should_stop and regime.step_count < 240
@@ -178,8 +231,28 @@ def test_a_memorizing_run_stops_early_with_the_best_weights_restored():
     assert "memorizing" in restore.reason and "restored the weights of step" in restore.reason
 
 
+def test_a_run_past_its_best_at_the_first_observation_restarts_slower_and_does_better():
+    """At lr 3e-3 the 24-point run is past its validation minimum by step 10, its first
+    observation; rewinding there only overfits again. It starts again from its initial
+    weights at 1/16 of the lr, and the minimum then falls between observations."""
+    regime, observed, _ = memorizing_run(("stability_guard", "regularization"))
+    _, without, _ = memorizing_run(("stability_guard", Regularization(restart=False)))
+    assert min(without) > 0.95 * without[0]  # the control: rewinds found little better
+    restores = [e for e in regime.events if e.kind is EventKind.RESTORE]
+    first = restores[0]
+    assert "restarted from the state of step 0" in first.reason
+    assert "the best was the first observation" in first.reason
+    cut = next(e for e in regime.events if e.knob == "lr" and e.step == first.step)
+    assert cut.new == pytest.approx(3e-3 / 16) and cut.policy == "regularization"
+    assert not [e for e in regime.events if e.knob == "weight_decay" and e.step == first.step]
+    assert min(observed) < 0.9 * min(without)  # the restarted run found a better point
+    assert EventKind.ROLLBACK not in [e.kind for e in regime.events]  # not read as divergence
+    # once per run: every later detection rewinds to the new trajectory's best
+    assert all("restored the weights of step" in e.reason for e in restores[1:])
+
+
 def test_without_the_policy_the_same_run_ends_worse():
-    _, _, with_policy = memorizing_run(("stability_guard", "regularization"))
+    _, _, with_policy = memorizing_run(("stability_guard", Regularization(restart=False)))
     _, observed, without = memorizing_run(("stability_guard",))
     assert without > with_policy and without == pytest.approx(observed[-1], rel=1e-6)
 

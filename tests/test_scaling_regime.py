@@ -20,7 +20,7 @@ def test_small_models_keep_the_defaults_and_large_ones_get_gentler_upward_limits
     assert big.rate_limits[Priority.SPEED] == pytest.approx((0.5, 2 ** (1 / 1.5)))
     assert big.rate_limits[Priority.SAFETY] == DEFAULT_RATE_LIMITS[Priority.SAFETY]
     assert big.bounds[Knob.WEIGHT_DECAY] == pytest.approx((0.1, 10 ** (1 / 1.5)))
-    assert big.rate_limits[Priority.REGULARIZATION] == pytest.approx((0.5, 2 ** (1 / 1.5)))
+    assert big.rate_limits[Priority.REGULARIZATION] == pytest.approx((1 / 16, 2 ** (1 / 1.5)))
     sizes = [10**6, 10**7, 10**9, 10**11]
     ceilings = [trimtab.ArbiterConfig.for_model_size(n).bounds[Knob.LR][1] for n in sizes]
     assert ceilings == sorted(ceilings, reverse=True) and ceilings[-1] > 1.0

@@ -41,6 +41,13 @@ def count(name: str, value: object, *, minimum: int = 1) -> int:
     return value
 
 
+def flag(name: str, value: object) -> bool:
+    """Return ``value`` if it is a bool (``1`` or ``"yes"`` are likely mistakes)."""
+    if not isinstance(value, bool):
+        raise ConfigTypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
+    return value
+
+
 def metric(name: str, value: object) -> str:
     """Return the name of an ``observe()`` metric: a non-empty string."""
     if not isinstance(value, str) or not value:

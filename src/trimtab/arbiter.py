@@ -24,7 +24,8 @@ STATE_VERSION = 1
 DEFAULT_RATE_LIMITS: Mapping[Priority, tuple[float, float]] = {
     Priority.SAFETY: (0.01, 1.0),
     Priority.STABILITY: (0.25, 1.0),
-    Priority.REGULARIZATION: (0.5, 2.0),
+    # a restart from the initial weights cuts steeply: no weights in motion to upset
+    Priority.REGULARIZATION: (1 / 16, 2.0),
     Priority.SCHEDULE: (0.5, 1.0),
     Priority.RECOVERY: (1.0, 1.5),
     Priority.SPEED: (0.5, 2.0),

@@ -230,6 +230,7 @@ class Controller:
             data_changed_at=self._data_changed_at,
             ceilings=ceilings,
             own=self.arbiter.own_record,
+            restart_step=self.guard.initial_step,
         )
         proposals = []
         for policy in self.policies:
@@ -315,7 +316,7 @@ class Controller:
         self, decisions: Sequence[Decision], bases: Mapping[tuple[Knob, str], float]
     ) -> Outcome:
         outcome = Outcome.STEPPED
-        rollback_events, restore_events = [], []
+        rollback_events, restore_events, restart_events = [], [], []
         for decision in decisions:
             proposal = decision.proposal
             if proposal.action is Action.ADJUST:
@@ -360,6 +361,9 @@ class Controller:
             elif proposal.action is Action.RESTORE_BEST:
                 outcome = Outcome.ROLLED_BACK
                 restore_events.append(proposal)
+            elif proposal.action is Action.RESTART:
+                outcome = Outcome.ROLLED_BACK
+                restart_events.append(proposal)
         if self._shared_lr:
             self._couple_shared_lr(bases)
         if outcome is not Outcome.STEPPED:
@@ -377,13 +381,19 @@ class Controller:
                         }
                     )
                 )
-        if restore_events:  # after any rollback: the best weights are what must remain
+        # after any rollback: the best weights (or the start, for a restart) must remain
+        for events, restore, told in (
+            (restore_events, self.guard.restore_best, "restored the weights of step"),
+            (restart_events, self.guard.restore_initial, "restarted from the state of step"),
+        ):
+            if not events:
+                continue
             with self.actuator.keeping_hyperparameters():
-                kept = self.guard.restore_best()
+                kept = restore()
             self._rewound_at = self.step
-            for proposal in restore_events:
+            for proposal in events:
                 event = _action_event(self.step, EventKind.RESTORE, proposal)
-                reason = f"{proposal.reason} (restored the weights of step {kept})"
+                reason = f"{proposal.reason} ({told} {kept})"
                 self._record(dataclasses.replace(event, reason=reason))
         return outcome
 

@@ -40,7 +40,11 @@ def _to_cpu(tree: Any) -> Any:
 
 
 class Guard:
-    """Keeps the last ``keep`` snapshots, taken every ``every`` healthy steps.
+    """Keeps the last ``keep`` snapshots, taken every ``every`` healthy steps, and the first.
+
+    The first snapshot (the state when trimtab started) is kept for good, so a run can
+    start again from it (``restore_initial``); it costs one more copy of the weights on
+    the CPU, and of the optimizer state as it was then (empty for a fresh optimizer).
 
     Args:
         model: the module whose ``state_dict`` is saved.
@@ -63,6 +67,8 @@ class Guard:
         self.keep = _checks.count("snapshot_keep", keep)
         self._snapshots: list[Snapshot] = []
         self._best: Snapshot | None = None
+        self._initial: Snapshot | None = None
+        self._started = False  # a first snapshot was taken (or a state loaded)
 
     @property
     def steps(self) -> tuple[int, ...]:
@@ -72,7 +78,11 @@ class Guard:
         return not self._snapshots or step - self._snapshots[-1].step >= self.every
 
     def take(self, step: int) -> None:
-        self._snapshots = [*self._snapshots, self._capture(step)][-self.keep :]
+        """Snapshot the current state; the first one ever taken is also kept for good."""
+        snap = self._capture(step)
+        if not self._started:
+            self._initial, self._started = snap, True
+        self._snapshots = [*self._snapshots, snap][-self.keep :]
 
     def restore(self, *, before: int) -> int:
         """Restore the newest snapshot taken before step ``before``; return its step.
@@ -114,6 +124,23 @@ class Guard:
         self._snapshots = [self._best]
         return self._best.step
 
+    @property
+    def initial_step(self) -> int | None:
+        """Step of the first snapshot, where a restart returns to (``None``: none yet)."""
+        return None if self._initial is None else self._initial.step
+
+    def restore_initial(self) -> int:
+        """Load the first state ever snapshotted (the run's start); return its step.
+
+        A restart abandons everything since, the best state kept apart excepted: it
+        stays the best until the new trajectory does better.
+        """
+        if self._initial is None:
+            raise StateError("no initial state to restart from (take a snapshot first)")
+        self._load(self._initial)
+        self._snapshots = [self._initial]
+        return self._initial.step
+
     def _capture(self, step: int) -> Snapshot:
         return Snapshot(
             step=step,
@@ -132,6 +159,7 @@ class Guard:
             "every": self.every,
             "snapshots": [_snapshot_record(s) for s in self._snapshots],
             "best": None if self._best is None else _snapshot_record(self._best),
+            "initial": None if self._initial is None else _snapshot_record(self._initial),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -140,6 +168,11 @@ class Guard:
         self._snapshots = [_snapshot_from(s) for s in state["snapshots"]]
         best = state.get("best")  # absent in states saved before early stopping existed
         self._best = None if best is None else _snapshot_from(best)
+        # absent in states saved before restarts existed: such a run cannot restart (a
+        # later snapshot is not its start)
+        initial = state.get("initial")
+        self._initial = None if initial is None else _snapshot_from(initial)
+        self._started = True
 
 
 def _snapshot_record(snap: Snapshot) -> dict[str, Any]:

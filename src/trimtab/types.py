@@ -51,6 +51,9 @@ class Action(str, enum.Enum):
     VERDICT = "verdict"  # a provisional change's outcome, logged without moving a knob
     KEEP_BEST = "keep_best"  # keep the current weights as the best so far (not logged)
     RESTORE_BEST = "restore_best"  # load the weights kept by KEEP_BEST; the step is dropped
+    # load the run's first snapshot (weights and optimizer state): the run starts again,
+    # the weights kept by KEEP_BEST stay the best until it does better; the step is dropped
+    RESTART = "restart"
     PLAN = "plan"  # a policy's planned base changed (Policy.planned_lr): logged as a base event
     # the data changed (not the weights): logged as a verdict; every policy sees the step
     # in ``PolicyView.data_changed_at`` and stops judging the new data by the old

@@ -27,7 +27,8 @@ class PolicyView:
     groups: tuple[str, ...]
     multipliers: Mapping[tuple[Knob, str], float]
     bases: Mapping[tuple[Knob, str], float] = field(default_factory=dict)
-    # step at which the weights were last rewound to a kept best (``RESTORE_BEST``):
+    # step at which the weights were last rewound to a kept best or the start
+    # (``RESTORE_BEST``, ``RESTART``):
     # histories a policy keeps of the abandoned trajectory no longer describe the weights
     rewound_at: int | None = None
     # step at which a policy found that the data changed (``Action.NEW_DATA``): losses,
@@ -38,6 +39,8 @@ class PolicyView:
     # (knob, group, policy) -> product of the factors the arbiter accepted from that
     # policy: what a policy's own changes amount to, after clamps and refusals
     own: Mapping[tuple[Knob, str, str], float] = field(default_factory=dict)
+    # step of the state a RESTART returns to (the run's first snapshot); None: none kept
+    restart_step: int | None = None
 
     def data_changed_since(self, seen: int | None) -> bool:
         """Whether a data change was announced that a policy, which last saw the one at

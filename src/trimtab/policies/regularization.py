@@ -12,6 +12,13 @@ past its best point on the validation set. The response climbs a ladder:
    raises stay within ``max_decay_raises``) and cut the learning rate by ``rewind_factor``
    — the validation minimum lies between the best observation and the next one, and
    smaller steps approach it more closely; at most ``max_rewinds`` times;
+   When the best was the *first* observation, the run passed its validation minimum
+   before anyone looked, and a rewind returns to weights already past it (on a 60-row
+   regression at lr 1e-3 every rewind overfit again within one observation). The first
+   detection then restarts instead (``restart``): back to the run's initial weights and
+   optimizer state, the LR at ``restart_factor`` of the LR in use up to that observation,
+   slow enough for the minimum to fall between observations; once per run, only while
+   ``min_stop_fraction`` of the planned steps has not passed, never after a data change;
 2. stop: restore the best weights and ask the run to stop (``Regime.should_stop``), but
    never before ``min_stop_fraction`` of the planned steps: a validation set drawn from
    another distribution than the training data (a shift still to come) looks the same
@@ -74,6 +81,10 @@ class Regularization(Policy):
         decay_factor: weight-decay factor per rewind (> 1); groups without decay keep 0.
         max_decay_raises: how many times weight decay may be raised in one run.
         rewind_factor: LR factor applied with each rewind, in (0, 1].
+        restart: whether a best at the first observation restarts the run from its
+            initial weights instead of rewinding (see above).
+        restart_factor: the restart's LR, as a share of the LR in use when the best was
+            observed, in (0, 1).
         max_rewinds: rewinds before the next detection stops the run.
         min_stop_fraction: share of ``total_steps`` before which the run is never stopped.
         min_train_drop: how far (relative) the training loss (median of the last ten) must
@@ -96,6 +107,8 @@ class Regularization(Policy):
         decay_factor: float = 2.0,
         max_decay_raises: int = 2,
         rewind_factor: float = 0.5,
+        restart: bool = True,
+        restart_factor: float = 1 / 16,
         max_rewinds: int = 3,
         min_stop_fraction: float = 0.5,
         min_train_drop: float = 0.05,
@@ -116,6 +129,8 @@ class Regularization(Policy):
         self.rewind_factor = _checks.positive("rewind_factor", rewind_factor)
         if self.rewind_factor > 1.0:
             raise ConfigError(f"rewind_factor must be in (0, 1], got {rewind_factor}")
+        self.restart = _checks.flag("restart", restart)
+        self.restart_factor = _checks.in_open_unit("restart_factor", restart_factor)
         self.max_rewinds = _checks.count("max_rewinds", max_rewinds, minimum=0)
         self.min_train_drop = _checks.real("min_train_drop", min_train_drop)
         if not 0.0 <= self.min_train_drop < 1.0:
@@ -134,6 +149,8 @@ class Regularization(Policy):
             "decay_factor",
             "max_decay_raises",
             "rewind_factor",
+            "restart",
+            "restart_factor",
             "max_rewinds",
             "min_stop_fraction",
             "min_train_drop",
@@ -148,6 +165,9 @@ class Regularization(Policy):
             "train_at_best": None,
             "worse": 0,
             "first": None,  # the first observation (signed), the start of the progress
+            "best_index": None,  # how many observations (of this data) the best came after
+            "lr_at_best": {},  # group -> LR multiplier when the best was observed
+            "restarted": False,
             "rewinds": 0,
             "raises": 0,
             "stopped": False,
@@ -161,7 +181,7 @@ class Regularization(Policy):
             state = {
                 **state,
                 "data_since": view.data_changed_at,
-                **{k: None for k in ("best", "best_step", "train_at_best", "first")},
+                **{k: None for k in ("best", "best_step", "train_at_best", "first", "best_index")},
                 "worse": 0,
             }
         total = view.signals.observation_count(self.metric)
@@ -178,11 +198,16 @@ class Regularization(Policy):
         if state.get("first") is None:
             state["first"] = value  # where the progress is measured from
         if state["best"] is None or value < state["best"]:
-            state.update(best=value, best_step=view.step, train_at_best=train, worse=0)
-            keep = Proposal(
-                policy=self.name,
-                reason=f"new best {self.metric} {history[-1][1]:.4g}: weights kept",
-                priority=Priority.REGULARIZATION,
+            state.update(
+                best=value,
+                best_step=view.step,
+                train_at_best=train,
+                worse=0,
+                best_index=len(history),
+                lr_at_best={g: view.multiplier(Knob.LR, g) for g in view.groups},
+            )
+            keep = self._propose(
+                f"new best {self.metric} {history[-1][1]:.4g}: weights kept",
                 action=Action.KEEP_BEST,
                 signals={self.metric: history[-1][1]},
             )
@@ -217,6 +242,9 @@ class Regularization(Policy):
             f"while the training loss fell from {state['train_at_best']:.4g} to {train:.4g}: "
             f"the model is memorizing"
         )
+        if self._restart_due(view, state):
+            state["restarted"] = True
+            return self._restart(symptom, evidence, view, state), state
         if state["rewinds"] < self.max_rewinds:
             state["rewinds"] += 1
             return self._rewind(symptom, evidence, state), state
@@ -225,42 +253,81 @@ class Regularization(Policy):
             return [], state  # too early to rule out a shift still to come
         state["stopped"] = True
         stop = [
-            Proposal(
-                policy=self.name,
-                reason=f"{symptom}; {self.max_rewinds} rewinds did not help: stop early",
-                priority=Priority.REGULARIZATION,
+            self._propose(
+                f"{symptom}; {self.max_rewinds} rewinds did not help: stop early",
                 action=Action.STOP,
                 signals=evidence,
             ),
-            Proposal(
-                policy=self.name,
-                reason=f"{symptom}; back to the best weights before stopping",
-                priority=Priority.REGULARIZATION,
+            self._propose(
+                f"{symptom}; back to the best weights before stopping",
                 action=Action.RESTORE_BEST,
                 signals=evidence,
             ),
         ]
         return stop, state
 
+    def _propose(self, reason: str, **fields: Any) -> Proposal:
+        return Proposal(policy=self.name, reason=reason, priority=Priority.REGULARIZATION, **fields)
+
+    def _restart_due(self, view: PolicyView, state: PolicyState) -> bool:
+        """Whether this detection restarts the run rather than rewinding it."""
+        planned = view.total_steps
+        return (
+            self.restart
+            and not state.get("restarted", False)
+            and view.restart_step is not None
+            and state.get("data_since") is None  # the start state is of the old data
+            and state.get("best_index") == 1
+            and (planned is None or view.step < self.min_stop_fraction * planned)
+        )
+
+    def _restart(
+        self, symptom: str, evidence: dict[str, float], view: PolicyView, state: PolicyState
+    ) -> list[Proposal]:
+        why = (
+            f"{symptom}; the best was the first observation, so the minimum was passed "
+            "before it was seen"
+        )
+        made = [
+            self._propose(
+                f"{why}: the run starts again from its initial weights",
+                action=Action.RESTART,
+                signals=evidence,
+            )
+        ]
+        at_best = state.get("lr_at_best") or {}
+        for group in view.groups:
+            now = view.multiplier(Knob.LR, group)
+            then = at_best.get(group, now)
+            factor = min(1.0, self.restart_factor * then / now)
+            made.append(
+                self._propose(
+                    f"{why}: lr x{self.restart_factor:g} of the lr in use until then "
+                    f"(multiplier {then:.3g} -> {then * self.restart_factor:.3g}), "
+                    "slow enough to observe the minimum",
+                    knob=Knob.LR,
+                    group=group,
+                    factor=factor,
+                    signals=evidence,
+                )
+            )
+        return made
+
     def _rewind(
         self, symptom: str, evidence: dict[str, float], state: PolicyState
     ) -> list[Proposal]:
         made = [
-            Proposal(
-                policy=self.name,
-                reason=f"{symptom}; rewind {state['rewinds']} of {self.max_rewinds}",
-                priority=Priority.REGULARIZATION,
+            self._propose(
+                f"{symptom}; rewind {state['rewinds']} of {self.max_rewinds}",
                 action=Action.RESTORE_BEST,
                 signals=evidence,
             )
         ]
         if self.rewind_factor < 1.0:
             made.append(
-                Proposal(
-                    policy=self.name,
-                    reason=f"{symptom}; smaller steps to approach the best point: "
+                self._propose(
+                    f"{symptom}; smaller steps to approach the best point: "
                     f"lr x{self.rewind_factor:g}",
-                    priority=Priority.REGULARIZATION,
                     knob=Knob.LR,
                     factor=self.rewind_factor,
                     signals=evidence,
@@ -269,11 +336,9 @@ class Regularization(Policy):
         if state["raises"] < self.max_decay_raises:
             state["raises"] += 1
             made.append(
-                Proposal(
-                    policy=self.name,
-                    reason=f"{symptom}; weight decay x{self.decay_factor:g} "
+                self._propose(
+                    f"{symptom}; weight decay x{self.decay_factor:g} "
                     f"(raise {state['raises']} of {self.max_decay_raises})",
-                    priority=Priority.REGULARIZATION,
                     knob=Knob.WEIGHT_DECAY,
                     factor=self.decay_factor,
                     signals=evidence,
