@@ -11,7 +11,7 @@ past its best point on the validation set. The response climbs a ladder:
 1. rewind: restore the best weights, raise weight decay by ``decay_factor`` (while the
    raises stay within ``max_decay_raises``) and cut the learning rate by ``rewind_factor``
    — the validation minimum lies between the best observation and the next one, and
-   smaller steps approach it more closely; at most ``max_rewinds`` times;
+   smaller steps approach it more closely; at most ``max_rewinds`` times.
    When the best was the *first* observation, the run passed its validation minimum
    before anyone looked, and a rewind returns to weights already past it (on a 60-row
    regression at lr 1e-3 every rewind overfit again within one observation). The first
