@@ -1,5 +1,7 @@
 """The regularization policy on scripted signals, and early stopping end to end."""
 
+import io
+
 import pytest
 import torch
 
@@ -188,8 +190,8 @@ def test_bad_settings_fail_at_construction(kwargs, message):
         Regularization(**kwargs)
 
 
-def memorizing_run(policies, steps=240, seed=0):
-    """A wide MLP on 24 noisy points: training loss keeps falling, validation turns up."""
+def memorizing_setup(policies, steps=240, seed=0):
+    """A wide MLP on 24 noisy points and its Regime; the data as (x, y, train, val)."""
     torch.manual_seed(seed)
     x = torch.randn(224, 8)
     y = x[:, :1] + 0.8 * torch.randn(224, 1)
@@ -200,8 +202,13 @@ def memorizing_run(policies, steps=240, seed=0):
     )  # fmt: skip
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
     regime = trimtab.Regime(model, opt, total_steps=steps, policies=policies)
-    observed = []
-    for step in range(steps):
+    return model, regime, (x, y, train, val)
+
+
+def train(model, regime, data, steps, observed):
+    """Full-batch steps until ``steps`` (or a stop), observing validation every 10."""
+    x, y, train, val = data
+    for step in range(regime.step_count, steps):
         regime.backward(torch.nn.functional.mse_loss(model(x[train]), y[train]))
         regime.step()
         if (step + 1) % 10 == 0:
@@ -210,6 +217,14 @@ def memorizing_run(policies, steps=240, seed=0):
             regime.observe(val_loss=observed[-1])
         if regime.should_stop:
             break
+
+
+def memorizing_run(policies, steps=240, seed=0):
+    """Training loss keeps falling, validation turns up: the run, its observations, its end."""
+    model, regime, data = memorizing_setup(policies, steps, seed)
+    observed = []
+    train(model, regime, data, steps, observed)
+    x, y, _, val = data
     with torch.no_grad():
         final = torch.nn.functional.mse_loss(model(x[val]), y[val]).item()
     regime.close()
@@ -249,6 +264,31 @@ def test_a_run_past_its_best_at_the_first_observation_restarts_slower_and_does_b
     assert EventKind.ROLLBACK not in [e.kind for e in regime.events]  # not read as divergence
     # once per run: every later detection rewinds to the new trajectory's best
     assert all("restored the weights of step" in e.reason for e in restores[1:])
+
+
+def test_a_run_resumed_from_before_its_restart_restarts_to_the_same_start():
+    """The start state travels in the checkpoint: a run saved at step 40 and resumed in a
+    fresh model restarts at step 60 to the original initial weights, bit for bit."""
+    model, regime, data = memorizing_setup(("stability_guard", "regularization"))
+    whole = []
+    train(model, regime, data, 40, whole)
+    saved = io.BytesIO()
+    torch.save(regime.state_dict(), saved)
+    train(model, regime, data, 150, whole)
+    assert any("restarted from the state of step 0" in e.reason for e in regime.events)
+
+    torch.manual_seed(123)  # the fresh model's own initialisation must not matter
+    model2, regime2, _ = memorizing_setup(("stability_guard", "regularization"), seed=5)
+    saved.seek(0)
+    regime2.load_state_dict(torch.load(saved, weights_only=True))
+    resumed = whole[:4]
+    train(model2, regime2, data, 150, resumed)
+    assert resumed == whole
+    assert [e.to_record() for e in regime2.events] == [e.to_record() for e in regime.events]
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(model.state_dict().values(), model2.state_dict().values(), strict=True)
+    )
 
 
 def test_without_the_policy_the_same_run_ends_worse():
