@@ -293,3 +293,37 @@ def test_an_undo_or_withdraw_with_nothing_to_take_back_supersedes_nothing(restor
     (d,), (r,) = arbiter.arbitrate([empty, ramp], step=0, groups=GROUPS, multipliers={})
     assert d.proposal is ramp and d.new == pytest.approx(2.0)
     assert r.proposal is empty and f"nothing of plateau's to {restoring}" in r.why
+
+
+def test_a_ceiling_that_follows_another_slot_follows_it_within_the_decision():
+    """A backbone capped at the head's LR: the plateau's cuts on both are withdrawn in one
+    decision (new data). Against the head's multiplier from before the decision, the
+    backbone would stay at the head's old, cut level; the cap must follow the head."""
+    arbiter = Arbiter()
+    groups = ("backbone", "head")
+
+    def cap(multipliers):  # the backbone's LR multiplier at most the head's
+        return {(Knob.LR, "backbone"): multipliers.get((Knob.LR, "head"), 1.0)}
+
+    mult = {}
+    cut = Proposal("plateau", "flat", Priority.SCHEDULE, knob=Knob.LR, factor=0.5)
+    for step in (0, 20):
+        decisions, _ = arbiter.arbitrate(
+            [cut], step=step, groups=groups, multipliers=mult, ceilings=cap
+        )
+        mult.update({(d.proposal.knob, d.group): d.new for d in decisions})
+    assert mult == {(Knob.LR, "backbone"): 0.25, (Knob.LR, "head"): 0.25}
+    back = Proposal("plateau", "new data", Priority.RECOVERY, knob=Knob.LR, withdraw=True)
+    decisions, rejections = arbiter.arbitrate(
+        [back], step=21, groups=groups, multipliers=mult, ceilings=cap
+    )
+    assert not rejections
+    assert {d.group: d.new for d in decisions} == {"backbone": 1.0, "head": 1.0}
+    # a fixed mapping still caps as given: the same withdraw against the old ceiling
+    fixed = Arbiter()
+    for step in (0, 20):
+        fixed.arbitrate([cut], step=step, groups=groups, multipliers={}, ceilings=cap({}))
+    _, refused = fixed.arbitrate(
+        [back], step=21, groups=groups, multipliers=mult, ceilings=cap(mult)
+    )
+    assert [r.proposal.policy for r in refused] == ["plateau"]  # the backbone's: capped

@@ -9,7 +9,7 @@ reversal soon after a move (hysteresis) needs an equally urgent reason.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -58,6 +58,20 @@ def scale_exponent(
     """The size rule's exponent on upward limits: 1 up to ``reference`` parameters."""
     decades = max(0.0, math.log10(max(parameters, 1) / reference))
     return 1.0 / (1.0 + strength * decades)
+
+
+# per-slot upper bounds on multipliers, fixed or as a function of the multipliers
+Ceilings = (
+    Mapping[tuple[Knob, str], float]
+    | Callable[[Mapping[tuple[Knob, str], float]], Mapping[tuple[Knob, str], float]]
+)
+
+
+def _fixed(
+    ceilings: Mapping[tuple[Knob, str], float] | None,
+) -> Callable[[Mapping[tuple[Knob, str], float]], Mapping[tuple[Knob, str], float]]:
+    fixed = dict(ceilings or {})
+    return lambda _multipliers: fixed
 
 
 @dataclass(frozen=True)
@@ -156,13 +170,21 @@ class Arbiter:
         step: int,
         groups: Sequence[str],
         multipliers: Mapping[tuple[Knob, str], float],
-        ceilings: Mapping[tuple[Knob, str], float] | None = None,
+        ceilings: Ceilings | None = None,
     ) -> tuple[list[Decision], list[Rejection]]:
         """Decide which proposals to act on. Pure in its inputs and the arbiter's state.
 
         ``ceilings`` lowers the upper bound of single (knob, group) slots (a policy's
-        ``multiplier_ceiling``); a slot already above its ceiling may only come down.
+        ``multiplier_ceiling``); a slot already above its ceiling may only come down. It
+        is a mapping, or a function of the multipliers that returns one: then the capped
+        slots are decided last, against the ceilings of the multipliers as this decision
+        leaves the others (a backbone's ceiling follows the head's LR, which may move in
+        the same decision: a withdraw on both must not leave the backbone at the head's
+        old level).
         """
+        ceiling_of = ceilings if callable(ceilings) else _fixed(ceilings)
+        capped = set(ceiling_of(multipliers))
+        decided = dict(multipliers)
         decisions: list[Decision] = []
         rejections: list[Rejection] = []
         by_slot: dict[tuple[Knob, str], list[Proposal]] = {}
@@ -186,9 +208,13 @@ class Arbiter:
                     continue
                 by_slot.setdefault((proposal.knob, group), []).append(proposal)
 
-        for slot in sorted(by_slot, key=lambda s: (s[0].value, s[1])):
+        after: Mapping[tuple[Knob, str], float] | None = None  # capped slots' ceilings
+        for slot in sorted(by_slot, key=lambda s: (s in capped, s[0].value, s[1])):
             old = multipliers.get(slot, 1.0)
-            ceiling = (ceilings or {}).get(slot)
+            ceiling = None
+            if slot in capped:
+                after = ceiling_of(decided) if after is None else after
+                ceiling = after.get(slot)
             contenders, checked = [], {}
             for proposal in by_slot[slot]:
                 # an undo or a withdraw with nothing to take back asks for nothing, so it
@@ -218,6 +244,7 @@ class Arbiter:
                 rejections.append(Rejection(winner, verdict))
                 continue
             decisions.append(Decision(winner, slot[1], old, verdict))
+            decided[slot] = verdict
             direction = 1 if verdict > old else -1
             self._last[slot] = (step, direction, int(winner.priority), winner.policy)
             self._before[slot] = old

@@ -243,7 +243,7 @@ class Controller:
             step=self.step,
             groups=self.group_names,
             multipliers=self.multipliers,
-            ceilings=ceilings,
+            ceilings=self._ceilings,  # asked again as the uncapped slots move
         )
         self.rejections.extend(rejections)
         outcome = self._enact(decisions, bases)
@@ -397,13 +397,17 @@ class Controller:
                 self._record(dataclasses.replace(event, reason=reason))
         return outcome
 
-    def _ceilings(self) -> dict[tuple[Knob, str], float]:
-        """Per-slot upper bounds the capping policies set now (the lowest wins)."""
+    def _ceilings(
+        self, multipliers: Mapping[tuple[Knob, str], float] | None = None
+    ) -> dict[tuple[Knob, str], float]:
+        """Per-slot upper bounds the capping policies set at ``multipliers`` (default: the
+        current ones); the lowest wins."""
+        multipliers = self.multipliers if multipliers is None else multipliers
         ceilings: dict[tuple[Knob, str], float] = {}
         for policy in self._capping:
             for knob in Knob:
                 for group in self.group_names:
-                    value = policy.multiplier_ceiling(knob, group, self.multipliers)
+                    value = policy.multiplier_ceiling(knob, group, multipliers)
                     if value is not None:
                         slot = (knob, group)
                         ceilings[slot] = min(value, ceilings.get(slot, value))
