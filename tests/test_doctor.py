@@ -227,3 +227,40 @@ def test_a_data_change_verdict_alone_names_a_distribution_shift():
     diagnosis = diagnose(_run(HEALTHY, events=_shift_events(True)))
     assert diagnosis.main.code == "distribution_shift" and diagnosis.main.step == 70
     assert "stability_guard at step 70: the data changed" in diagnosis.main.evidence
+
+
+@pytest.mark.parametrize("restored", [True, False])
+def test_a_jump_from_trimtabs_own_restart_is_not_a_distribution_shift(restored):
+    """The regularization policy restarted the run from its initial weights at step 70:
+    the training loss is back near its start, which is the restart, not new data."""
+    losses = [2.0, 1.2, 0.8, 0.5, 0.4, 0.35, 0.3, 2.0, 1.7, 1.5, 1.3, 1.1, 0.9]
+    val = [1.0, 1.2, 1.3, 1.4, 1.1, 0.9]
+    restart = {
+        "step": 65,
+        "kind": "restore",
+        "policy": "regularization",
+        "reason": "... the model is memorizing; ... (restarted from the state of step 0)",
+    }
+    diagnosis = diagnose(_run(losses, val=val, events=[restart] if restored else []))
+    codes = [f.code for f in diagnosis.symptoms]
+    if restored:
+        assert "distribution_shift" not in codes
+    else:  # the control: the same curve with no restore to explain it
+        assert codes[0] == "distribution_shift"
+
+
+def test_trimtabs_own_rewinds_name_memorization_that_the_curves_hide():
+    """Rewinds keep validation near its best, so the curve rule cannot see the rise; the
+    regularization policy's restore events are the evidence."""
+    val = [1.0, 0.8, 0.85, 0.9, 0.82, 0.85, 0.83, 0.84]
+    rewind = {
+        "step": 60,
+        "kind": "restore",
+        "policy": "regularization",
+        "reason": "val_loss 0.9 has been worse than its best 0.8 (step 20) ...: the model is "
+        "memorizing; rewind 1 of 3 (restored the weights of step 20)",
+    }
+    assert diagnose(_run(HEALTHY, val=val)).healthy  # the control: no events, no symptom
+    main = diagnose(_run(HEALTHY, val=val, events=[rewind])).main
+    assert main.code == "memorization" and main.step == 60
+    assert main.values == {"regularization_acts": 1.0} and "rewind 1 of 3" in main.evidence

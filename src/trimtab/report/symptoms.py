@@ -133,17 +133,27 @@ def huge_updates(run: RunLog) -> Finding | None:
     )
 
 
+def _restores(run: RunLog) -> list[int]:
+    """Steps where trimtab put earlier weights back on purpose (a rewind to the best
+    validation state, or a restart from the run's start): the training loss rises there
+    because of the weights, not the data."""
+    return sorted(int(e["step"]) for e in run.events if e.get("kind") == "restore")
+
+
 def distribution_shift(run: RunLog) -> Finding | None:
     """One sustained jump of the loss after real progress: the data changed mid-run."""
     losses = _losses(run)
     if len(losses) < 8:
         return None
     start = losses[0][1]
+    restores = _restores(run)
     best: tuple[float, int, int] | None = None  # (ratio, index, step)
     for i in range(3, len(losses) - 2):
         before = _median([v for _, v in losses[i - 3 : i]])
         if before <= 0 or before > 0.5 * start:
             continue
+        if any(losses[i - 3][0] <= s <= losses[i][0] for s in restores):
+            continue  # trimtab's own rewind or restart explains the jump
         ratio = losses[i][1] / before
         # Sustained: the next two snapshots stay above the old level as well.
         held = all(v > 1.5 * before for _, v in losses[i + 1 : i + 3])
@@ -281,12 +291,12 @@ def memorization(run: RunLog) -> Finding | None:
     best_step, best = val[best_index]
     tail = _median([v for _, v in val[-3:]])
     if best_index >= len(val) // 2 or best <= 0 or tail < best * (1 + OVERFIT_RISE):
-        return None
+        return _announced_memorization(run)
     train = _losses(run)
     at_best = [v for s, v in train if s <= best_step][-1:] or [math.nan]
     train_end = _median([v for _, v in train[-3:]])
     if not train_end < at_best[0]:
-        return None
+        return _announced_memorization(run)
     return Finding(
         code="memorization",
         kind=Kind.SYMPTOM,
@@ -306,6 +316,33 @@ def memorization(run: RunLog) -> Finding | None:
         },
         target=DATA_OR_MODEL,
         step=best_step,
+    )
+
+
+def _announced_memorization(run: RunLog) -> Finding | None:
+    """The curves do not show it, but trimtab found memorization and acted: its rewinds
+    and restarts put the best weights back, which keeps validation near its best."""
+    acts = [
+        e
+        for e in run.events
+        if e.get("policy") == "regularization" and e.get("kind") in ("restore", "stop")
+    ]
+    if not acts:
+        return None
+    first = acts[0]
+    return Finding(
+        code="memorization",
+        kind=Kind.SYMPTOM,
+        title="trimtab found the model memorizing and rewound or restarted it",
+        evidence=(
+            f"{len(acts)} rewinds, restarts or stops by the regularization policy, the "
+            f"first at step {first['step']}: {first.get('reason')}"
+        ),
+        advice="regularize (weight decay, dropout, augmentation, more data), a smaller "
+        "learning rate, or stop earlier",
+        values={"regularization_acts": float(len(acts))},
+        target=DATA_OR_MODEL,
+        step=int(first["step"]),
     )
 
 
