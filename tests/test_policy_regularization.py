@@ -23,6 +23,7 @@ class Script:
         self.data_changed_at = None
         self.restart_step = None  # the controller's: where a restart would return to
         self.multipliers = {}
+        self.calls = None  # step() calls before this one; None: the view does not say
 
     def observe(self, val, train):
         for _ in range(10):  # ten training steps at this loss between observations
@@ -37,6 +38,7 @@ class Script:
             dict(self.multipliers),
             data_changed_at=self.data_changed_at,
             restart_step=self.restart_step,
+            calls=self.step if self.calls is None else self.calls,
         )
         proposals, self.state = self.policy.propose(view, self.state)
         assert self.policy.propose(view, self.state)[0] == []  # nothing new: nothing to do
@@ -122,6 +124,32 @@ def test_after_the_rewinds_it_stops_and_restores_but_not_before_the_stop_fractio
     assert actions(made) == ["restore_best", "stop"]
     assert "stop early" in next(p for p in made if p.action is Action.STOP).reason
     assert script.observe(0.7, train=0.05) == []  # stopped: silent from now on
+
+
+def at_call(script, calls):
+    """One step() call with no new observation, the view saying how many came before."""
+    view = PolicyView(
+        calls, script.total, script.signals, ("g0",), {}, calls=calls, restart_step=None
+    )
+    made, script.state = script.policy.propose(view, script.state)
+    return made
+
+
+@pytest.mark.parametrize("case", ["past best", "switched off", "new best last", "not the end"])
+def test_the_planned_last_step_restores_the_best_when_the_run_ends_past_it(case):
+    script = Script(Regularization(patience=2, restore_at_end=case != "switched off"), 100)
+    for val in (0.8, 0.7, 0.6, 0.5, 0.55):  # steps 10-50; the best is 0.5
+        script.observe(val, train=val - 0.1)
+    last = 0.45 if case == "new best last" else 0.65
+    made = script.observe(last, train=0.3)  # step 60: worse once (patience 2: no verdict)
+    assert "restore_best" not in actions(made)
+    made = at_call(script, 98 if case == "not the end" else 99)
+    if case == "past best":
+        assert actions(made) == ["restore_best"]
+        assert "planned last step" in made[0].reason and "0.65" in made[0].reason
+        assert at_call(script, 99) == []  # once
+    else:
+        assert made == []
 
 
 def test_max_mode_watches_an_accuracy():
@@ -264,6 +292,15 @@ def test_a_run_past_its_best_at_the_first_observation_restarts_slower_and_does_b
     assert EventKind.ROLLBACK not in [e.kind for e in regime.events]  # not read as divergence
     # once per run: every later detection rewinds to the new trajectory's best
     assert all("restored the weights of step" in e.reason for e in restores[1:])
+
+
+def test_a_run_that_ends_past_its_best_ends_with_the_best_weights():
+    regime, observed, final = memorizing_run(("stability_guard", "regularization"))
+    _, without, end = memorizing_run(("stability_guard", Regularization(restore_at_end=False)))
+    assert end == pytest.approx(without[-1], rel=1e-6) and end > min(without)  # the control
+    assert final == pytest.approx(min(observed), rel=1e-6)  # the best weights came back
+    last = [e for e in regime.events if e.kind is EventKind.RESTORE][-1]
+    assert "planned last step" in last.reason and last.step >= 230
 
 
 def test_a_run_resumed_from_before_its_restart_restarts_to_the_same_start():

@@ -231,6 +231,7 @@ class Controller:
             ceilings=ceilings,
             own=self.arbiter.own_record,
             restart_step=self.guard.initial_step,
+            calls=self.attempts,
         )
         proposals = []
         for policy in self.policies:

@@ -41,6 +41,9 @@ class PolicyView:
     own: Mapping[tuple[Knob, str, str], float] = field(default_factory=dict)
     # step of the state a RESTART returns to (the run's first snapshot); None: none kept
     restart_step: int | None = None
+    # step() calls before this one, skipped and rolled-back ones included: the user's loop
+    # counter, which ``total_steps`` plans (``step`` counts only the updates made)
+    calls: int | None = None
 
     def data_changed_since(self, seen: int | None) -> bool:
         """Whether a data change was announced that a policy, which last saw the one at

@@ -24,6 +24,10 @@ past its best point on the validation set. The response climbs a ladder:
    another distribution than the training data (a shift still to come) looks the same
    as memorization for a while, and stopping early is the one step that cannot be undone.
 
+A run that reaches its planned end (its last ``step()`` call of ``total_steps``) while
+its latest observation is past the best, with the training loss still falling, gets the
+best weights back on that call (``restore_at_end``): the early stop it had no time for.
+
 Weight decay is scaled with the model's parameter count through the arbiter's size rule
 (``ArbiterConfig.for_model_size``): at 1e6 parameters or fewer a raise is the full
 ``decay_factor`` and the total stays within 10x the user's decay; at 1e8, at most 1.59x
@@ -87,6 +91,8 @@ class Regularization(Policy):
             observed, in (0, 1).
         max_rewinds: rewinds before the next detection stops the run.
         min_stop_fraction: share of ``total_steps`` before which the run is never stopped.
+        restore_at_end: at the planned last step, restore the best weights if the latest
+            observation is past them (see above).
         min_train_drop: how far (relative) the training loss (median of the last ten) must
             have fallen since the best observation to count as still improving; noise in a
             flat training loss must not pass for memorization.
@@ -112,6 +118,7 @@ class Regularization(Policy):
         max_rewinds: int = 3,
         min_stop_fraction: float = 0.5,
         min_train_drop: float = 0.05,
+        restore_at_end: bool = True,
     ) -> None:
         self.metric = _checks.metric("metric", metric)
         self.mode = _checks.mode("mode", mode)
@@ -130,6 +137,7 @@ class Regularization(Policy):
         if self.rewind_factor > 1.0:
             raise ConfigError(f"rewind_factor must be in (0, 1], got {rewind_factor}")
         self.restart = _checks.flag("restart", restart)
+        self.restore_at_end = _checks.flag("restore_at_end", restore_at_end)
         self.restart_factor = _checks.in_open_unit("restart_factor", restart_factor)
         self.max_rewinds = _checks.count("max_rewinds", max_rewinds, minimum=0)
         self.min_train_drop = _checks.real("min_train_drop", min_train_drop)
@@ -154,6 +162,7 @@ class Regularization(Policy):
             "max_rewinds",
             "min_stop_fraction",
             "min_train_drop",
+            "restore_at_end",
         ]
         return {k: getattr(self, k) for k in keys}
 
@@ -175,6 +184,14 @@ class Regularization(Policy):
         }
 
     def propose(self, view: PolicyView, state: PolicyState) -> tuple[list[Proposal], PolicyState]:
+        made, state = self._judge(view, state)
+        if not made and self._ends_past_best(view, state):
+            state = {**state, "stopped": True}
+            made = [self._end_restore(view, state)]
+        return made, state
+
+    def _judge(self, view: PolicyView, state: PolicyState) -> tuple[list[Proposal], PolicyState]:
+        """Read a new observation: keep a new best, or answer memorization."""
         if view.data_changed_since(state.get("data_since")):
             # The best weights and the progress were of the old data: never rewind to
             # them. The ladder's counts stay, so new data does not reopen it.
@@ -265,6 +282,30 @@ class Regularization(Policy):
             ),
         ]
         return stop, state
+
+    def _ends_past_best(self, view: PolicyView, state: PolicyState) -> bool:
+        """The planned last step, with the latest observation past the kept best."""
+        planned = view.total_steps
+        return (
+            self.restore_at_end
+            and planned is not None
+            and view.calls == planned - 1
+            and not state["stopped"]
+            and state["best"] is not None
+            and state["worse"] > 0  # the latest observation: worse, training falling
+        )
+
+    def _end_restore(self, view: PolicyView, state: PolicyState) -> Proposal:
+        sign = 1.0 if self.mode == "min" else -1.0
+        latest = view.signals.latest_observation(self.metric)
+        now = f"{latest[1]:.4g} " if latest is not None else ""
+        return self._propose(
+            f"the run reaches its planned last step with {self.metric} {now}past its best "
+            f"{sign * state['best']:.4g} (step {state['best_step']}) while the training "
+            "loss fell: back to the best weights",
+            action=Action.RESTORE_BEST,
+            signals={"best": sign * state["best"], "best_step": float(state["best_step"])},
+        )
 
     def _propose(self, reason: str, **fields: Any) -> Proposal:
         return Proposal(policy=self.name, reason=reason, priority=Priority.REGULARIZATION, **fields)
