@@ -153,3 +153,23 @@ def test_the_start_state_round_trips_and_an_old_state_cannot_restart():
     legacy.load_state_dict({k: v for k, v in state.items() if k != "initial"})
     legacy.take(7)
     assert legacy.initial_step is None
+
+
+def test_a_restart_returns_every_optimizer_to_its_start():
+    model = tiny_mlp()
+    params = list(model.parameters())
+    first = torch.optim.AdamW(params[:2], lr=0.01)
+    second = torch.optim.SGD(params[2:], lr=0.01, momentum=0.9)
+    guard = Guard(model, [first, second], every=1)
+    guard.take(0)
+    for seed in range(3):
+        x, y = tiny_regression(seed)
+        first.zero_grad()
+        second.zero_grad()
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        first.step()
+        second.step()
+        guard.take(seed + 1)
+    assert first.state_dict()["state"] and second.state_dict()["state"]
+    assert guard.restore_initial() == 0
+    assert first.state_dict()["state"] == {} and second.state_dict()["state"] == {}
