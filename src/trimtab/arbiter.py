@@ -182,9 +182,6 @@ class Arbiter:
         the same decision: a withdraw on both must not leave the backbone at the head's
         old level).
         """
-        ceiling_of = ceilings if callable(ceilings) else _fixed(ceilings)
-        capped = set(ceiling_of(multipliers))
-        decided = dict(multipliers)
         decisions: list[Decision] = []
         rejections: list[Rejection] = []
         by_slot: dict[tuple[Knob, str], list[Proposal]] = {}
@@ -208,6 +205,11 @@ class Arbiter:
                     continue
                 by_slot.setdefault((proposal.knob, group), []).append(proposal)
 
+        if not by_slot:  # most steps: nothing to adjust, no ceilings to ask for
+            return decisions, rejections
+        ceiling_of = ceilings if callable(ceilings) else _fixed(ceilings)
+        capped = set(ceiling_of(multipliers))
+        decided = dict(multipliers)
         after: Mapping[tuple[Knob, str], float] | None = None  # capped slots' ceilings
         for slot in sorted(by_slot, key=lambda s: (s in capped, s[0].value, s[1])):
             old = multipliers.get(slot, 1.0)
