@@ -181,21 +181,35 @@ def distribution_shift(run: RunLog) -> Finding | None:
     )
 
 
-def _announced_shift(run: RunLog) -> Finding | None:
-    """No jump in the logged snapshots, but trimtab found new data during the run."""
-    changes = _data_changes(run)
-    if not changes:
+def _announced(
+    events: list[dict], *, code: str, title: str, advice: str, counted: str
+) -> Finding | None:
+    """A symptom the curves miss but trimtab's own events record: the first one cited,
+    all of them counted (under ``counted``)."""
+    if not events:
         return None
-    first = changes[0]
+    first = events[0]
+    more = f" ({len(events)} in all)" if len(events) > 1 else ""
     return Finding(
-        code="distribution_shift",
+        code=code,
         kind=Kind.SYMPTOM,
-        title="trimtab found that the data changed mid-run",
-        evidence=f"{first.get('policy')} at step {first['step']}: {first.get('reason')}",
-        advice=_SHIFT_ADVICE,
-        values={"data_changes": float(len(changes))},
+        title=title,
+        evidence=f"{first.get('policy')} at step {first['step']}: {first.get('reason')}{more}",
+        advice=advice,
+        values={counted: float(len(events))},
         target=DATA_OR_MODEL,
         step=int(first["step"]),
+    )
+
+
+def _announced_shift(run: RunLog) -> Finding | None:
+    """No jump in the logged snapshots, but trimtab found new data during the run."""
+    return _announced(
+        _data_changes(run),
+        code="distribution_shift",
+        title="trimtab found that the data changed mid-run",
+        advice=_SHIFT_ADVICE,
+        counted="data_changes",
     )
 
 
@@ -327,22 +341,13 @@ def _announced_memorization(run: RunLog) -> Finding | None:
         for e in run.events
         if e.get("policy") == "regularization" and e.get("kind") in ("restore", "stop")
     ]
-    if not acts:
-        return None
-    first = acts[0]
-    return Finding(
+    return _announced(
+        acts,
         code="memorization",
-        kind=Kind.SYMPTOM,
         title="trimtab found the model memorizing and rewound or restarted it",
-        evidence=(
-            f"{len(acts)} rewinds, restarts or stops by the regularization policy, the "
-            f"first at step {first['step']}: {first.get('reason')}"
-        ),
         advice="regularize (weight decay, dropout, augmentation, more data), a smaller "
         "learning rate, or stop earlier",
-        values={"regularization_acts": float(len(acts))},
-        target=DATA_OR_MODEL,
-        step=int(first["step"]),
+        counted="regularization_acts",
     )
 
 
