@@ -208,7 +208,7 @@ class Regularization(Policy):
         history = view.signals.observations(self.metric, after=state.get("data_since"))
         if not history or view.signals.latest_observation(self.metric) != history[-1]:
             return [], state  # the newest value was NaN/inf: nothing to judge on
-        sign = 1.0 if self.mode == "min" else -1.0
+        sign = self._sign
         value = sign * history[-1][1]
         losses = view.signals.window("loss/train")[-_TRAIN_WINDOW:]
         train = stats.median(losses) if losses else None
@@ -296,7 +296,7 @@ class Regularization(Policy):
         )
 
     def _end_restore(self, view: PolicyView, state: PolicyState) -> Proposal:
-        sign = 1.0 if self.mode == "min" else -1.0
+        sign = self._sign
         latest = view.signals.latest_observation(self.metric)
         now = f"{latest[1]:.4g} " if latest is not None else ""
         return self._propose(
@@ -306,6 +306,11 @@ class Regularization(Policy):
             action=Action.RESTORE_BEST,
             signals={"best": sign * state["best"], "best_step": float(state["best_step"])},
         )
+
+    @property
+    def _sign(self) -> float:
+        """Internally the metric is minimized: an accuracy (``mode="max"``) is negated."""
+        return 1.0 if self.mode == "min" else -1.0
 
     def _propose(self, reason: str, **fields: Any) -> Proposal:
         return Proposal(policy=self.name, reason=reason, priority=Priority.REGULARIZATION, **fields)
