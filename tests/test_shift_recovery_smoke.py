@@ -21,3 +21,5 @@ def test_recovery_is_counted_from_the_shift_on_the_current_distribution():
     assert 0.0 <= record["pre"] <= 1.0 and 0.0 <= record["final"] <= 1.0
     assert record["recovery"] is None or 0 < record["recovery"] <= 100
     assert record["recovery"] is not None  # plain AdamW adapts within 100 steps here
+    # the exact reading (every step) finds the first step back, at or before the cadence's
+    assert record["exact"] is not None and 0 < record["exact"] <= record["recovery"]
