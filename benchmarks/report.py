@@ -284,13 +284,18 @@ def _plots(records: list[dict], scores: list[TaskScore], folder: Path) -> None:
             value = r["final"] if r["final"] is not None and not r["diverged"] else math.nan
             grouped[r["method"]][r["lr"]].append(value)
         palette = plt.get_cmap("tab20")
+        scaled = False  # a log axis needs at least one finite point on it
         for index, (method, by_lr) in enumerate(sorted(grouped.items())):
-            lrs = sorted(by_lr)
-            ys = [statistics.fmean(by_lr[lr]) for lr in lrs]
+            means = {lr: statistics.fmean(by_lr[lr]) for lr in sorted(by_lr)}
+            means = {lr: y for lr, y in means.items() if math.isfinite(y)}
+            lrs, ys = list(means), list(means.values())
+            if not lrs:
+                continue  # every run of this method diverged on this task
             color = palette(index % 20)
             if lrs == [0.0]:
                 ax.axhline(ys[0], linestyle="--", linewidth=1, label=method, color=color)
             else:
+                scaled = True
                 style = "-o" if method.startswith("trimtab") else "-."
                 ax.plot(
                     lrs,
@@ -300,11 +305,12 @@ def _plots(records: list[dict], scores: list[TaskScore], folder: Path) -> None:
                     color=color,
                     linewidth=2 if "trimtab" in method else 1,
                 )
-        ax.set_xscale("log")
+        if scaled:
+            ax.set_xscale("log")
+            if not higher:
+                ax.set_yscale("log")
         ax.set_xlabel("initial learning rate")
         ax.set_ylabel(TASKS[s.task].metric)
-        if not higher:
-            ax.set_yscale("log")
         ax.set_title(f"{s.task}: final metric against initial LR")
         ax.legend(fontsize=7, ncol=2)
         fig.tight_layout()

@@ -141,3 +141,27 @@ def test_the_overhead_loops_take_turns_and_report_each_variant():
         "peak_trimtab_mb": 1.0,
     }
     assert "| 1.000 | 1.100; 1.200 | 1.300; 1.400 |" in _overhead([row])[4]
+
+
+def test_plots_survive_a_task_where_every_lr_taking_run_diverged(tmp_path):
+    from benchmarks.report import _plots
+
+    def cell(method, lr, final, diverged):
+        curve = [[10, final], [20, final]]
+        return {
+            "task": "faults",
+            "method": method,
+            "lr": lr,
+            "seed": 0,
+            "final": final,
+            "diverged": diverged,
+            "curve": curve,
+            "events": [],
+        }
+
+    # as with `--methods adamw_cosine trimtab_auto`: every adamw_cosine run diverged there
+    records = [cell("adamw_cosine", lr, math.nan, True) for lr in (1e-3, 1e-1)]
+    records.append(cell("trimtab_auto", 0.0, 0.97, False))
+    score = score_task("faults", records)
+    _plots(records, [score], tmp_path)
+    assert (tmp_path / "final_vs_lr_faults.png").stat().st_size > 0
