@@ -2,10 +2,8 @@
 
 A learning rate that is 10-100x too small is the most common reason a run "works but
 slowly", and no cut-only policy can fix it. While the new gradient keeps agreeing with
-the previous update (mean ``alignment`` above zero: the loss was still falling along the
-update where the step ended, so a bigger step would have helped; noise is left to the
-trials' own check), this policy doubles the group's learning rate, one provisional
-trial at a time. Each
+the previous update (``alignment`` well above zero: a bigger step would have helped),
+this policy doubles the group's learning rate, one provisional trial at a time. Each
 trial states what it expects (the next ``period`` steps' mean training loss no higher
 than the last ``period`` steps'); if the loss rises instead, or another policy had to
 cut the rate, the trial is reverted and the group's ramp ends; so does a cut by another
@@ -58,7 +56,7 @@ class EarlyPhase(Policy):
         self,
         *,
         period: int = 10,
-        raise_above: float = 0.0,
+        raise_above: float = 0.1,
         factor: float = 2.0,
         min_readings: int = 3,
         until: float = 0.3,
