@@ -32,7 +32,9 @@ METHODS = ("adamw_cosine", "trimtab_auto")
 NO_SLOWER = 1.25  # the no-sweep target's bound: at most 1.25x the reference's steps
 
 
-def ratios(records: Sequence[dict], seeds: Sequence[int]) -> dict[str, tuple[float, float]]:
+def steps_to_target(
+    records: Sequence[dict], seeds: Sequence[int]
+) -> dict[str, tuple[float, float]]:
     """Per task: (AdamW + cosine's steps to target, trimtab_auto's), on these seeds."""
     by_task: dict[str, list[dict]] = defaultdict(list)
     for r in records:
@@ -77,7 +79,7 @@ def table(records: Sequence[dict], seeds: int) -> list[str]:
         f"seeds 0-{seeds // 2 - 1}": range(seeds // 2),
         f"seeds {seeds // 2}-{seeds - 1}": range(seeds // 2, seeds),
     }
-    per_half = {name: ratios(records, list(chosen)) for name, chosen in halves.items()}
+    per_half = {name: steps_to_target(records, list(chosen)) for name, chosen in halves.items()}
     tasks = [t for t in TASKS if all(t in steps for steps in per_half.values())]
     lines = [
         "| seeds | " + " | ".join(tasks) + " | median speed-up | no more steps | "
