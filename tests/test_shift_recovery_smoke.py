@@ -23,3 +23,14 @@ def test_recovery_is_counted_from_the_shift_on_the_current_distribution():
     assert record["recovery"] is not None  # plain AdamW adapts within 100 steps here
     # the exact reading (every step) finds the first step back, at or before the cadence's
     assert record["exact"] is not None and 0 < record["exact"] <= record["recovery"]
+
+
+def test_trimtab_comes_back_from_a_shift_after_annealing_a_ramped_lr():
+    # On these seeds at lr 3e-3 the early phase ramps and the plateau anneals before the
+    # shift; when the guard calls new data the plateau's cuts are withdrawn at once. With
+    # a ramp one doubling higher (threshold 0, tried on 2026-12-01) that return killed the
+    # network on both seeds: accuracy at chance to the end.
+    for seed in (1, 4):
+        record = shift_recovery.run("trimtab", 3e-3, seed, 600, 10)
+        assert record["recovery"] is not None, seed
+        assert record["final"] >= record["pre"] - shift_recovery.TOLERANCE
