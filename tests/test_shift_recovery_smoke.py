@@ -34,3 +34,15 @@ def test_trimtab_comes_back_from_a_shift_after_annealing_a_ramped_lr():
         record = shift_recovery.run("trimtab", 3e-3, seed, 600, 10)
         assert record["recovery"] is not None, seed
         assert record["final"] >= record["pre"] - shift_recovery.TOLERANCE
+
+
+def test_the_best_lr_is_one_whose_seeds_all_recover_before_a_faster_median():
+    def record(lr, exact, final=1.0):
+        return {"lr": lr, "exact": exact, "final": final}
+
+    fast_but_lost = [record(3e-3, e) for e in (23, 24, 27, None, None)]  # median 27
+    steady = [record(1e-3, e) for e in (18, 20, 28, 29, 37)]  # median 28
+    chosen = shift_recovery.best_lr(fast_but_lost + steady)
+    assert {r["lr"] for r in chosen} == {1e-3}
+    quicker = [record(1e-2, e) for e in (10, 12, 14, 30, 40)]  # all back, median 14
+    assert {r["lr"] for r in shift_recovery.best_lr(steady + quicker)} == {1e-2}
