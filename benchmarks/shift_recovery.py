@@ -75,19 +75,19 @@ def run(method: str, lr: float, seed: int, steps: int, every: int) -> dict:
     for step in range(steps):
         trainer.step(setup.loss(setup.model, setup.batch(step)))
         done = step + 1
-        if shift_at < done and exact is None and math.isfinite(pre):
-            # read every step until back, for the exact time; the method sees only the
-            # evaluations on its usual cadence (``observe`` below)
-            trainer.eval_mode()
-            accuracy, _ = evaluate_at(done - 1)(setup.model)
-            trainer.train_mode()
-            if accuracy >= pre - TOLERANCE:
-                exact = done - shift_at
-        if done % every == 0 or done == steps:
-            trainer.eval_mode()
-            # the evaluation at the shift's step still sees the old distribution
-            accuracy, val_loss = evaluate_at(done - 1)(setup.model)
-            trainer.train_mode()
+        due = done % every == 0 or done == steps
+        # after the shift the accuracy is read every step until back, for the exact
+        # time; the method sees only the evaluations on its cadence (``observe`` below)
+        watching = shift_at < done and exact is None and math.isfinite(pre)
+        if not (due or watching):
+            continue
+        trainer.eval_mode()
+        # the evaluation at the shift's step still sees the old distribution
+        accuracy, val_loss = evaluate_at(done - 1)(setup.model)
+        trainer.train_mode()
+        if watching and accuracy >= pre - TOLERANCE:
+            exact = done - shift_at
+        if due:
             curve.append((done, accuracy))
             trainer.observe(val_loss if math.isfinite(val_loss) else 1e9)
             if done <= shift_at:

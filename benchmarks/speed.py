@@ -47,30 +47,28 @@ def steps_to_target(
     return out
 
 
+def speedup(reference: float, ours: float) -> float:
+    """Reference steps / trimtab_auto's: 0 when trimtab_auto never reaches the target,
+    infinite when only trimtab_auto does."""
+    if math.isinf(ours):
+        return 0.0
+    return math.inf if math.isinf(reference) else reference / ours
+
+
 def summary(steps: dict[str, tuple[float, float]]) -> tuple[float, int, int]:
-    """Median speed-up (reference steps / trimtab_auto's; a task only trimtab_auto reaches
-    counts as infinitely faster), tasks in no more steps, tasks within ``NO_SLOWER``."""
-    speedups = []
-    for reference, ours in steps.values():
-        if math.isinf(ours):
-            speedups.append(0.0)
-        else:
-            speedups.append(math.inf if math.isinf(reference) else reference / ours)
+    """Median speed-up, tasks in no more steps, tasks within ``NO_SLOWER``."""
+    median = statistics.median(speedup(*pair) for pair in steps.values())
     no_more = sum(ours <= reference for reference, ours in steps.values())
     within = sum(ours <= NO_SLOWER * reference for reference, ours in steps.values())
-    return statistics.median(speedups), no_more, within
+    return median, no_more, within
 
 
 def _cell(steps: tuple[float, float]) -> str:
     reference, ours = steps
     shown = [("never" if math.isinf(v) else f"{v:g}") for v in (reference, ours)]
-    if math.isinf(ours):
-        ratio = "0"
-    elif math.isinf(reference):
-        ratio = "inf"
-    else:
-        ratio = f"{reference / ours:.2f}"
-    return f"{shown[1]} / {shown[0]} ({ratio}x)"
+    ratio = speedup(reference, ours)
+    written = "0" if ratio == 0 else "inf" if math.isinf(ratio) else f"{ratio:.2f}"
+    return f"{shown[1]} / {shown[0]} ({written}x)"
 
 
 def table(records: Sequence[dict], seeds: int) -> list[str]:
