@@ -140,6 +140,27 @@ def test_an_update_that_moves_the_weights_too_far_is_cut_at_once():
     assert "0.4 of their norm" in proposals[0].reason
 
 
+def test_a_group_that_starts_from_zero_weights_is_exempt_from_the_ratio_checks():
+    # its first ratio is infinite (all-zero weights); later ones are large next to its
+    # own small norm, which is no sign of a rate that is too high
+    zero = Script(EarlyPhase())
+    assert zero.feed(**{"loss/train": 2.0, "update_ratio/g0": math.inf}) == []
+    seen = [
+        p
+        for i in range(30)
+        for p in zero.feed(
+            **{"loss/train": 2.0 - 0.01 * i, "alignment/g0": 0.5, "update_ratio/g0": 0.4}
+        )
+    ]
+    assert not [p for p in seen if p.priority is Priority.SAFETY]
+    assert [p for p in seen if p.knob is Knob.LR and p.factor == 2.0]  # raises go on
+    # the same readings after a finite first one: the step is too large, cut at once
+    normal = Script(EarlyPhase())
+    assert normal.feed(**{"loss/train": 2.0, "update_ratio/g0": 0.01}) == []
+    cut = normal.feed(**{"loss/train": 2.0, "alignment/g0": 0.5, "update_ratio/g0": 0.4})[0]
+    assert cut.priority is Priority.SAFETY and cut.factor < 1
+
+
 def test_a_step_that_did_not_advance_does_not_cut_twice_on_the_same_reading():
     script = Script(EarlyPhase())
     script.signals.record(0, {"loss/train": 2.0, "update_ratio/g0": 0.4})
@@ -242,18 +263,48 @@ def test_a_learning_rate_far_too_high_is_cut_in_the_first_steps():
     assert cuts and cuts[0].step <= 10 and cuts[0].new < cuts[0].old / 3
 
 
-def test_a_far_too_large_first_update_is_rolled_back_to_the_initial_weights():
+def _steps(regime, model, n):
+    """``n`` steps of regression on the tiny data set; the outcome of each."""
     x, y = tiny_regression()
+    outcomes = []
+    for i in range(n):
+        xb, yb = batch(x, y, i)
+        regime.backward(torch.nn.functional.mse_loss(model(xb), yb))
+        outcomes.append(regime.step())
+    return outcomes
+
+
+def test_a_zero_initialised_readout_keeps_its_rate_and_its_first_update():
+    # a common set-up (and what trimtab.init_ does): the readout starts at zero, in its
+    # own group; its first update is infinitely large next to its norm, and used to be
+    # cut 100x and rolled back with the whole model
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 1))
+    torch.nn.init.zeros_(model[2].weight)
+    torch.nn.init.zeros_(model[2].bias)
+    groups = [
+        {"params": model[0].parameters(), "name": "body"},
+        {"params": model[2].parameters(), "name": "readout"},
+    ]
+    opt = torch.optim.AdamW(groups, lr=1e-3)
+    regime = Regime(model, opt, total_steps=150)
+    outcomes = _steps(regime, model, 150)
+    assert all(o.value == "stepped" for o in outcomes)
+    cuts = [
+        e for e in regime.events if e.group == "readout" and e.new is not None and e.new < e.old
+    ]
+    assert cuts == []
+    assert regime.hyperparameters()["lr/readout"] >= 1e-3
+    assert math.isinf(regime.signals.window("update_ratio/readout")[0])
+
+
+def test_a_far_too_large_first_update_is_rolled_back_to_the_initial_weights():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 1))
     initial = [p.detach().clone() for p in model.parameters()]
     opt = torch.optim.AdamW(model.parameters(), lr=1.0)
     regime = Regime(model, opt, total_steps=150)
-    outcomes = []
-    for i in range(2):
-        xb, yb = batch(x, y, i)
-        regime.backward(torch.nn.functional.mse_loss(model(xb), yb))
-        outcomes.append(regime.step())
+    outcomes = _steps(regime, model, 2)
     assert outcomes[1].value == "rolled_back"
     (undone,) = [e for e in regime.events if e.kind.value == "rollback"]
     assert undone.policy == "early_phase" and "first update moved the weights" in undone.reason

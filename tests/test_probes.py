@@ -90,6 +90,21 @@ def test_update_ratio_matches_a_manual_computation():
     assert out["update_ratio/g0"].item() == pytest.approx((delta / norm).item(), rel=1e-5)
 
 
+def test_update_ratio_of_an_all_zero_group_is_infinite_not_huge():
+    model = tiny_mlp()
+    torch.nn.init.zeros_(model[2].weight)
+    torch.nn.init.zeros_(model[2].bias)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    loss = backward(model)
+    ctx = context(model, loss)  # groups: body (first layer), head (the zero readout)
+    probe = UpdateRatioProbe(every=1)
+    probe.before_step(ctx)
+    optimizer.step()
+    out = probe.after_step(ctx)
+    assert math.isinf(out["update_ratio/head"].item())
+    assert 0 < out["update_ratio/body"].item() < 1
+
+
 def test_every_registered_probe_declares_its_contract():
     for name, cls in PROBES.items():
         probe = cls()

@@ -16,7 +16,11 @@ The opposite mistake shows in the very first steps: an update that moves the wei
 a large share of their norm (``update_ratio`` above ``max_update_ratio``; healthy runs
 sit near 1e-3 to 1e-2) wrecks the initialisation before any loss-based check can react,
 so the rate is cut at once to bring the ratio to ``target_update_ratio``, and raises
-never take the ratio past ``max_update_ratio``.
+never take the ratio past ``max_update_ratio``. A group that starts from all-zero
+weights (a zero-initialised readout, biases, a LoRA ``B`` matrix) is exempt from both
+ratio checks: it has no initialisation to wreck, and its first steps are necessarily
+large next to its own small norm (its first ratio is infinite). Its raises are still
+judged by alignment and loss.
 """
 
 from __future__ import annotations
@@ -121,6 +125,10 @@ class EarlyPhase(Policy):
             reading = signals.fresh(f"alignment/{group}", view.step)
             if reading is not None and math.isfinite(reading):
                 entry["aligns"] = [*entry["aligns"], reading][-self.min_readings - 2 :]
+            ratio = signals.fresh(f"update_ratio/{group}", view.step)
+            if ratio is not None and not math.isnan(ratio) and "zero_start" not in entry:
+                # an infinite first ratio: the group's weights were all zero
+                entry["zero_start"] = math.isinf(ratio)
         state = {
             "losses": losses,
             "groups": groups,
@@ -214,6 +222,8 @@ class EarlyPhase(Policy):
         )
 
     def _too_fast(self, view: PolicyView, group: str, entry: dict[str, Any]) -> Proposal | None:
+        if entry.get("zero_start"):
+            return None  # no initialisation to wreck, and its own norm is no yardstick
         ratio = view.signals.fresh(f"update_ratio/{group}", view.step)
         if ratio is None or not math.isfinite(ratio) or ratio <= self.max_update_ratio:
             return None
@@ -266,7 +276,11 @@ class EarlyPhase(Policy):
         if mean_align <= self.raise_above:
             return out
         ratio = view.signals.get(f"update_ratio/{group}")
-        if ratio is not None and ratio * self.factor > self.max_update_ratio:
+        if (
+            ratio is not None
+            and not entry.get("zero_start")
+            and ratio * self.factor > self.max_update_ratio
+        ):
             return out  # a raise would make the step too large
         cap = view.ceilings.get((Knob.LR, group))
         if cap is not None and current >= cap * 0.999:

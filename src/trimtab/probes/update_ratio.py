@@ -17,6 +17,10 @@ from trimtab.probes.base import Cost, Probe, StepContext
 class UpdateRatioProbe(Probe):
     """Emits ``update_ratio/<group>`` = ||w_after - w_before|| / ||w_before||.
 
+    A group whose weights are all zero before the step gets an infinite ratio (any
+    update is infinitely large next to nothing), not a huge finite one: readers can
+    tell a zero-initialised group from a step that is far too large.
+
     Measures the very first update (a learning rate 100x too large shows at once) and
     then the update of every ``every``-th step, the one just before steps ``every``,
     ``2 every``, ...: the alignment probe copies the weights on those steps too (its
@@ -49,7 +53,7 @@ class UpdateRatioProbe(Probe):
             return {}
         minus_update = snapshot.finish(ctx.groups)
         return {
-            f"update_ratio/{name}": minus_update[name].norm() / weight.clamp_min(1e-12)
+            f"update_ratio/{name}": minus_update[name].norm() / weight
             for name, weight in weights.items()
             if name in minus_update
         }
