@@ -264,3 +264,12 @@ def test_trimtabs_own_rewinds_name_memorization_that_the_curves_hide():
     main = diagnose(_run(HEALTHY, val=val, events=[rewind])).main
     assert main.code == "memorization" and main.step == 60
     assert main.values == {"regularization_acts": 1.0} and "rewind 1 of 3" in main.evidence
+
+
+def test_a_zero_initialised_group_is_no_huge_update():
+    # its first ratio is infinite (all-zero weights before the step), not a real jump
+    ratios = [math.inf, *([0.004] * 19)]
+    findings = diagnose(_run(HEALTHY, extra={"update_ratio/readout": ratios})).symptoms
+    assert not [f for f in findings if "update_ratio/readout" in f.values]
+    jump = diagnose(_run(HEALTHY, extra={"update_ratio/readout": [0.8, *ratios[1:]]})).symptoms
+    assert [f for f in jump if f.values.get("update_ratio/readout") == 0.8]
