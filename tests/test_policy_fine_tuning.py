@@ -2,6 +2,7 @@
 and seeded fine-tuning runs (a backbone pretrained on one task, tuned on another)."""
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -290,3 +291,10 @@ def test_speed_policies_may_not_raise_the_backbone_lr_past_the_heads():
     # such trials here without that); one raise clamped at the head's level remains
     refused = [e for e in events if e.group == "backbone" and "did not happen" in e.reason]
     assert len(refused) <= 1
+
+
+def test_an_infinite_drift_reading_is_skipped_not_cut_for():
+    # a backbone group that started at all-zero weights reports inf: no relative drift
+    policy = FineTuning(limit=0.1, period=50, cooldown=100)
+    made = drive(policy, [math.inf] * 40)
+    assert not [p for ps in made.values() for p in ps if p.action is Action.ADJUST]

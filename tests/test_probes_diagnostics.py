@@ -332,3 +332,21 @@ def test_the_thorough_preset_resumes_exactly():
     for a, c in zip(model_a.parameters(), model_c.parameters(), strict=True):
         assert torch.equal(a, c)
     assert regime_a.signals.state_dict() == regime_c.signals.state_dict()
+
+
+def test_drift_of_a_group_that_started_at_zero_is_infinite_not_huge():
+    # e.g. a LoRA B matrix: relative drift is undefined, and a huge finite number would
+    # read as a backbone running away from its pretrained weights
+    model = tiny_mlp()
+    torch.nn.init.zeros_(model[2].weight)
+    torch.nn.init.zeros_(model[2].bias)
+    probe = DriftProbe()
+    probe.attach(model)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01)
+    params = tuple(model.parameters())
+    groups = [GroupView("body", params[:2]), GroupView("lora_b", params[2:])]
+    out = probe.before_step(StepContext(step=10, loss=None, groups=groups, model=model))
+    assert math.isinf(out["drift/lora_b"].item())
+    assert 0 < out["drift/body"].item() < 1
