@@ -23,3 +23,6 @@ def test_the_readme_recipe_snippet_runs(capsys):
     regime, check = namespace["regime"], namespace["check"]
     assert regime.step_count == 100
     assert check.is_flat(0.2)
+    # init_ zeroes the readout and the biases, each in its own group: their first update
+    # is no sign of a rate that is too high (no step-1 cut, no rollback of the model)
+    assert [e for e in regime.events if e.step <= 1] == []
