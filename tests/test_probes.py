@@ -115,3 +115,26 @@ def test_every_registered_probe_declares_its_contract():
         assert signals and all(s.startswith(f"{name}/") for s in signals)
         assert set(probe.settings()) >= {"every", "cost"}
         probe.detach()
+
+
+def test_update_ratio_leaves_out_tensors_that_started_at_zero_for_the_whole_run():
+    # a zero readout matrix beside its default bias: the ratio is the bias's own, on the
+    # first reading and on later ones (when the matrix is no longer zero), also after a
+    # checkpoint round trip
+    model = tiny_mlp()
+    torch.nn.init.zeros_(model[2].weight)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
+    probe = UpdateRatioProbe(every=1)
+    for step in range(3):
+        if step == 2:
+            saved, probe = probe.state_dict(), UpdateRatioProbe(every=1)
+            probe.load_state_dict(saved)
+        optimizer.zero_grad()
+        ctx = context(model, backward(model))
+        bias_before = model[2].bias.detach().clone()
+        probe.before_step(ctx)
+        optimizer.step()
+        out = probe.after_step(ctx)
+        moved = (model[2].bias.detach() - bias_before).norm() / bias_before.norm()
+        assert out["update_ratio/head"].item() == pytest.approx(moved.item(), rel=1e-4)
+        assert model[2].weight.abs().sum() > 0  # the matrix moved, and is not counted

@@ -45,6 +45,10 @@ class FlatCopy:
     def norm(self) -> torch.Tensor:
         return torch.linalg.vector_norm(self.flat)
 
+    def tensor_norms(self) -> torch.Tensor:
+        """L2 norm of each tensor, in order (a 1-D tensor; no host sync)."""
+        return torch.stack(torch._foreach_norm(self.views))
+
 
 class UpdateSnapshot:
     """Weights of each group before a step; after ``finish``, minus the step's update.
@@ -64,10 +68,11 @@ class UpdateSnapshot:
         self._finished = False
 
     def weight_norms(self) -> dict[str, torch.Tensor]:
-        """L2 norm of each group's weights before the step (call before ``finish``)."""
+        """L2 norm of each tensor of each group before the step, one 1-D tensor per
+        group (call before ``finish``)."""
         if self._finished:
             raise RuntimeError("weight_norms() after finish(): the copy now holds the update")
-        return {name: copy.norm() for name, copy in self._copies.items()}
+        return {name: copy.tensor_norms() for name, copy in self._copies.items()}
 
     def finish(self, groups: Sequence[GroupView]) -> dict[str, FlatCopy]:
         """Minus the update of each group (``before - after``), computed once, in place.

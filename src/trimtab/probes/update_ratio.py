@@ -17,9 +17,12 @@ from trimtab.probes.base import Cost, Probe, StepContext
 class UpdateRatioProbe(Probe):
     """Emits ``update_ratio/<group>`` = ||w_after - w_before|| / ||w_before||.
 
-    A group whose weights are all zero before the step gets an infinite ratio (any
-    update is infinitely large next to nothing), not a huge finite one: readers can
-    tell a zero-initialised group from a step that is far too large.
+    Tensors that were all zero at the first reading (a zero-initialised readout matrix
+    next to its bias, a LoRA ``B``) are left out of both norms for the rest of the run:
+    any step is large next to their own small norm, and they have no initialisation a
+    large step could wreck. A group whose every tensor started at zero gets an infinite
+    ratio instead (the update over its zero norm, as measured), not a huge finite one:
+    readers can tell a zero-initialised group from a step that is far too large.
 
     Measures the very first update (a learning rate 100x too large shows at once) and
     then the update of every ``every``-th step, the one just before steps ``every``,
@@ -34,6 +37,8 @@ class UpdateRatioProbe(Probe):
         super().__init__(every=every)
         self._snapshot: UpdateSnapshot | None = None
         self._weights: dict[str, torch.Tensor] = {}
+        # group -> per tensor: not all zero at the first reading
+        self._initialised: dict[str, torch.Tensor] = {}
 
     def due(self, step: int) -> bool:
         return step == 0 or (step + 1) % self.every == 0
@@ -44,6 +49,12 @@ class UpdateRatioProbe(Probe):
     def before_step(self, ctx: StepContext) -> dict[str, torch.Tensor]:
         self._snapshot = ctx.update_snapshot()
         self._weights = self._snapshot.weight_norms()
+        for name, norms in self._weights.items():
+            known = self._initialised.get(name)
+            if known is None or len(known) != len(norms):
+                self._initialised[name] = norms > 0
+            elif known.device != norms.device:  # loaded from a checkpoint
+                self._initialised[name] = known.to(norms.device)
         return {}
 
     def after_step(self, ctx: StepContext) -> dict[str, torch.Tensor]:
@@ -52,8 +63,23 @@ class UpdateRatioProbe(Probe):
         if snapshot is None:
             return {}
         minus_update = snapshot.finish(ctx.groups)
-        return {
-            f"update_ratio/{name}": minus_update[name].norm() / weight
-            for name, weight in weights.items()
-            if name in minus_update
+        out = {}
+        for name, norms in weights.items():
+            if name not in minus_update:
+                continue
+            updates = minus_update[name].tensor_norms()
+            keep = self._initialised[name]
+            started = (updates.square() * keep).sum().sqrt() / (norms.square() * keep).sum().sqrt()
+            whole = updates.square().sum().sqrt() / norms.square().sum().sqrt()
+            out[f"update_ratio/{name}"] = torch.where(keep.any(), started, whole)
+        return out
+
+    def state_dict(self) -> dict[str, object]:
+        return {"initialised": {k: v.detach().cpu().clone() for k, v in self._initialised.items()}}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        saved = state.get("initialised", {})  # absent in states saved before it existed
+        self._initialised = {
+            k: torch.as_tensor(v, dtype=torch.bool)
+            for k, v in dict(saved).items()  # type: ignore[call-overload]
         }
