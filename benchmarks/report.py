@@ -7,6 +7,7 @@ import math
 import platform
 import statistics
 import subprocess
+import textwrap
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -286,11 +287,10 @@ def _plots(records: list[dict], scores: list[TaskScore], folder: Path) -> None:
         palette = plt.get_cmap("tab20")
         scaled = False  # a log axis needs at least one finite point on it
         for index, (method, by_lr) in enumerate(sorted(grouped.items())):
-            means = {lr: statistics.fmean(by_lr[lr]) for lr in sorted(by_lr)}
-            means = {lr: y for lr, y in means.items() if math.isfinite(y)}
+            means = _finite_means(by_lr)
             lrs, ys = list(means), list(means.values())
             if not lrs:
-                continue  # every run of this method diverged on this task
+                continue  # named under the plot (_left_off)
             color = palette(index % 20)
             if lrs == [0.0]:
                 ax.axhline(ys[0], linestyle="--", linewidth=1, label=method, color=color)
@@ -313,10 +313,27 @@ def _plots(records: list[dict], scores: list[TaskScore], folder: Path) -> None:
         ax.set_ylabel(TASKS[s.task].metric)
         ax.set_title(f"{s.task}: final metric against initial LR")
         ax.legend(fontsize=7, ncol=2)
-        fig.tight_layout()
+        gone = _left_off(grouped)
+        if gone:
+            note = "a run diverged at every LR, not drawn: " + ", ".join(gone)
+            fig.text(0.01, 0.01, textwrap.fill(note, 120), fontsize=6, va="bottom")
+            fig.tight_layout(rect=(0, 0.06, 1, 1))
+        else:
+            fig.tight_layout()
         fig.savefig(folder / f"final_vs_lr_{s.task}.png", dpi=90)
         plt.close(fig)
         _curve_plot(s, rs, folder, plt)
+
+
+def _finite_means(by_lr: dict[float, list[float]]) -> dict[float, float]:
+    """Mean final per LR, for the LRs where no seed diverged (a diverged run is NaN)."""
+    means = {lr: statistics.fmean(by_lr[lr]) for lr in sorted(by_lr)}
+    return {lr: y for lr, y in means.items() if math.isfinite(y)}
+
+
+def _left_off(grouped: dict[str, dict[float, list[float]]]) -> list[str]:
+    """Methods with a diverged run at every LR: nothing of theirs can be drawn."""
+    return [m for m, by_lr in sorted(grouped.items()) if not _finite_means(by_lr)]
 
 
 def _curve_plot(score: TaskScore, records: list[dict], folder: Path, plt) -> None:

@@ -165,3 +165,14 @@ def test_plots_survive_a_task_where_every_lr_taking_run_diverged(tmp_path):
     score = score_task("faults", records)
     _plots(records, [score], tmp_path)
     assert (tmp_path / "final_vs_lr_faults.png").stat().st_size > 0
+
+
+def test_a_method_with_a_diverged_run_at_every_lr_is_named_as_left_off():
+    from benchmarks.report import _left_off
+
+    grouped = {
+        "adamw": {1e-3: [0.9, math.nan], 1e-1: [math.nan, math.nan]},
+        "sgd": {1e-3: [0.9, 0.8], 1e-1: [math.nan, 0.5]},
+        "trimtab_auto": {0.0: [0.97, 0.96]},
+    }
+    assert _left_off(grouped) == ["adamw"]
