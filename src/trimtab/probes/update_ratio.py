@@ -37,8 +37,9 @@ class UpdateRatioProbe(Probe):
         super().__init__(every=every)
         self._snapshot: UpdateSnapshot | None = None
         self._weights: dict[str, torch.Tensor] = {}
-        # group -> per tensor: not all zero at the first reading
-        self._initialised: dict[str, torch.Tensor] = {}
+        # group -> per tensor: measured (not all zero at the first reading; every tensor
+        # of a group that was all zero, so its ratio reads inf)
+        self._measured: dict[str, torch.Tensor] = {}
 
     def due(self, step: int) -> bool:
         return step == 0 or (step + 1) % self.every == 0
@@ -50,11 +51,11 @@ class UpdateRatioProbe(Probe):
         self._snapshot = ctx.update_snapshot()
         self._weights = self._snapshot.weight_norms()
         for name, norms in self._weights.items():
-            known = self._initialised.get(name)
+            known = self._measured.get(name)
             if known is None or len(known) != len(norms):
-                self._initialised[name] = norms > 0
+                self._measured[name] = _measured(norms > 0)
             elif known.device != norms.device:  # loaded from a checkpoint
-                self._initialised[name] = known.to(norms.device)
+                self._measured[name] = known.to(norms.device)
         return {}
 
     def after_step(self, ctx: StepContext) -> dict[str, torch.Tensor]:
@@ -68,18 +69,23 @@ class UpdateRatioProbe(Probe):
             if name not in minus_update:
                 continue
             updates = minus_update[name].tensor_norms()
-            keep = self._initialised[name]
-            started = (updates.square() * keep).sum().sqrt() / (norms.square() * keep).sum().sqrt()
-            whole = updates.square().sum().sqrt() / norms.square().sum().sqrt()
-            out[f"update_ratio/{name}"] = torch.where(keep.any(), started, whole)
+            keep = self._measured[name]
+            ratio = (updates.square() * keep).sum().sqrt() / (norms.square() * keep).sum().sqrt()
+            out[f"update_ratio/{name}"] = ratio
         return out
 
     def state_dict(self) -> dict[str, object]:
-        return {"initialised": {k: v.detach().cpu().clone() for k, v in self._initialised.items()}}
+        return {"initialised": {k: v.detach().cpu().clone() for k, v in self._measured.items()}}
 
     def load_state_dict(self, state: dict[str, object]) -> None:
         saved = state.get("initialised", {})  # absent in states saved before it existed
-        self._initialised = {
-            k: torch.as_tensor(v, dtype=torch.bool)
+        self._measured = {
+            k: _measured(torch.as_tensor(v, dtype=torch.bool))
             for k, v in dict(saved).items()  # type: ignore[call-overload]
         }
+
+
+def _measured(initialised: torch.Tensor) -> torch.Tensor:
+    """The tensors a group's ratio is measured over: those initialised, or all of them
+    when none was (no host sync)."""
+    return torch.where(initialised.any(), initialised, torch.ones_like(initialised))
