@@ -73,7 +73,8 @@ def test_nonfinite_probe_refuses_a_cadence():
         NonFiniteProbe(every=5)
 
 
-def test_update_ratio_matches_a_manual_computation():
+def test_update_ratio_matches_a_manual_computation_over_the_matrices():
+    # the group holds two weight matrices and two biases: the ratio is the matrices' own
     model = tiny_mlp()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     loss = backward(model)
@@ -83,11 +84,30 @@ def test_update_ratio_matches_a_manual_computation():
     probe.before_step(ctx)
     optimizer.step()
     out = probe.after_step(ctx)
-    delta = torch.sqrt(
-        sum(((p - b) ** 2).sum() for p, b in zip(model.parameters(), before, strict=True))
-    )
-    norm = torch.sqrt(sum((b**2).sum() for b in before))
+    pairs = [(p, b) for p, b in zip(model.parameters(), before, strict=True) if p.dim() >= 2]
+    delta = torch.sqrt(sum(((p - b) ** 2).sum() for p, b in pairs))
+    norm = torch.sqrt(sum((b**2).sum() for _, b in pairs))
     assert out["update_ratio/g0"].item() == pytest.approx((delta / norm).item(), rel=1e-5)
+    whole = torch.sqrt(
+        sum(((p - b) ** 2).sum() for p, b in zip(model.parameters(), before, strict=True))
+    ) / torch.sqrt(sum((b**2).sum() for b in before))
+    assert abs(out["update_ratio/g0"].item() - whole.item()) > 1e-4  # the biases would move it
+
+
+def test_update_ratio_of_a_group_without_matrices_is_its_vectors_own():
+    model = tiny_mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    loss = backward(model)
+    biases = (model[0].bias, model[2].bias)
+    ctx = StepContext(step=0, loss=loss, groups=[GroupView("biases", biases)], model=model)
+    before = [b.detach().clone() for b in biases]
+    probe = UpdateRatioProbe(every=1)
+    probe.before_step(ctx)
+    optimizer.step()
+    out = probe.after_step(ctx)
+    delta = torch.sqrt(sum(((p - b) ** 2).sum() for p, b in zip(biases, before, strict=True)))
+    norm = torch.sqrt(sum((b**2).sum() for b in before))
+    assert out["update_ratio/biases"].item() == pytest.approx((delta / norm).item(), rel=1e-5)
 
 
 def test_update_ratio_of_an_all_zero_group_is_infinite_not_huge():
@@ -118,9 +138,9 @@ def test_every_registered_probe_declares_its_contract():
 
 
 def test_update_ratio_leaves_out_tensors_that_started_at_zero_for_the_whole_run():
-    # a zero readout matrix beside its default bias: the ratio is the bias's own, on the
-    # first reading and on later ones (when the matrix is no longer zero), also after a
-    # checkpoint round trip
+    # a LoRA-like group: an initialised matrix beside a zero one (and a bias); the ratio
+    # is the initialised matrix's own, on the first reading and on later ones (when the
+    # zero matrix has moved), also after a checkpoint round trip
     model = tiny_mlp()
     torch.nn.init.zeros_(model[2].weight)
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
@@ -130,11 +150,34 @@ def test_update_ratio_leaves_out_tensors_that_started_at_zero_for_the_whole_run(
             saved, probe = probe.state_dict(), UpdateRatioProbe(every=1)
             probe.load_state_dict(saved)
         optimizer.zero_grad()
-        ctx = context(model, backward(model))
-        bias_before = model[2].bias.detach().clone()
+        loss = backward(model)
+        group = GroupView("lora", (model[0].weight, model[2].weight, model[2].bias))
+        ctx = StepContext(step=step, loss=loss, groups=[group], model=model)
+        first_before = model[0].weight.detach().clone()
         probe.before_step(ctx)
         optimizer.step()
         out = probe.after_step(ctx)
-        moved = (model[2].bias.detach() - bias_before).norm() / bias_before.norm()
-        assert out["update_ratio/head"].item() == pytest.approx(moved.item(), rel=1e-4)
-        assert model[2].weight.abs().sum() > 0  # the matrix moved, and is not counted
+        moved = (model[0].weight.detach() - first_before).norm() / first_before.norm()
+        assert out["update_ratio/lora"].item() == pytest.approx(moved.item(), rel=1e-4)
+        assert model[2].weight.abs().sum() > 0  # the zero matrix moved, and is not counted
+
+
+def test_a_zero_readout_matrix_beside_its_bias_reads_inf_not_the_bias_ratio():
+    # the bias alone is no yardstick (a single drawn value near 0): the group reads as
+    # zero-initialised, and later readings are the matrix's own
+    model = tiny_mlp()
+    torch.nn.init.zeros_(model[2].weight)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
+    probe = UpdateRatioProbe(every=1)
+    readings = []
+    for step in range(2):
+        optimizer.zero_grad()
+        ctx = context(model, backward(model))
+        ctx.step = step
+        weight_before = model[2].weight.detach().clone()
+        probe.before_step(ctx)
+        optimizer.step()
+        readings.append(probe.after_step(ctx)["update_ratio/head"].item())
+    assert math.isinf(readings[0])
+    moved = (model[2].weight.detach() - weight_before).norm() / weight_before.norm()
+    assert readings[1] == pytest.approx(moved.item(), rel=1e-4)

@@ -17,11 +17,18 @@ from trimtab.probes.base import Cost, Probe, StepContext
 class UpdateRatioProbe(Probe):
     """Emits ``update_ratio/<group>`` = ||w_after - w_before|| / ||w_before||.
 
-    Tensors that were all zero at the first reading (a zero-initialised readout matrix
-    next to its bias, a LoRA ``B``) are left out of both norms for the rest of the run:
-    any step is large next to their own small norm, and they have no initialisation a
-    large step could wreck. A group whose every tensor started at zero gets an infinite
-    ratio instead (the update over its zero norm, as measured), not a huge finite one:
+    The ratio is a weight-matrix notion: in a group that has matrices (any tensor of two
+    or more dimensions: linear and conv weights, embeddings) only those are measured.
+    A bias or a norm gain beside them carries little of the group's norm and says
+    nothing of how far the layer's map moved; alone it can read large (a single drawn
+    bias of 0.01 beside a zero-initialised readout matrix). A group with no matrix at all
+    (biases, norm gains) is measured over its vectors.
+
+    Tensors that were all zero at the first reading (a zero-initialised readout matrix,
+    a LoRA ``B``) are left out of both norms for the rest of the run: any step is large
+    next to their own small norm, and they have no initialisation a large step could
+    wreck. A group whose every measured tensor started at zero gets an infinite ratio
+    instead (the update over its zero norm, as measured), not a huge finite one:
     readers can tell a zero-initialised group from a step that is far too large.
 
     Measures the very first update (a learning rate 100x too large shows at once) and
@@ -37,8 +44,9 @@ class UpdateRatioProbe(Probe):
         super().__init__(every=every)
         self._snapshot: UpdateSnapshot | None = None
         self._weights: dict[str, torch.Tensor] = {}
-        # group -> per tensor: measured (not all zero at the first reading; every tensor
-        # of a group that was all zero, so its ratio reads inf)
+        # group -> per tensor: measured (a matrix, or any tensor of a group without one,
+        # that was not all zero at the first reading; all of those candidates when every
+        # one was zero, so the ratio reads inf)
         self._measured: dict[str, torch.Tensor] = {}
 
     def due(self, step: int) -> bool:
@@ -50,10 +58,11 @@ class UpdateRatioProbe(Probe):
     def before_step(self, ctx: StepContext) -> dict[str, torch.Tensor]:
         self._snapshot = ctx.update_snapshot()
         self._weights = self._snapshot.weight_norms()
+        shapes = {g.name: [p.dim() for p in g.params] for g in ctx.groups}
         for name, norms in self._weights.items():
             known = self._measured.get(name)
             if known is None or len(known) != len(norms):
-                self._measured[name] = _measured(norms > 0)
+                self._measured[name] = _measured(norms > 0, [d >= 2 for d in shapes[name]])
             elif known.device != norms.device:  # loaded from a checkpoint
                 self._measured[name] = known.to(norms.device)
         return {}
@@ -79,13 +88,18 @@ class UpdateRatioProbe(Probe):
 
     def load_state_dict(self, state: dict[str, object]) -> None:
         saved = state.get("initialised", {})  # absent in states saved before it existed
-        self._measured = {
-            k: _measured(torch.as_tensor(v, dtype=torch.bool))
-            for k, v in dict(saved).items()  # type: ignore[call-overload]
-        }
+        # the saved mask as it is (a checkpoint from before matrices-only keeps measuring
+        # what it measured); an all-false one (never saved so) would read 0/0
+        self._measured = {}
+        for k, v in dict(saved).items():  # type: ignore[call-overload]
+            mask = torch.as_tensor(v, dtype=torch.bool)
+            self._measured[k] = torch.where(mask.any(), mask, torch.ones_like(mask))
 
 
-def _measured(initialised: torch.Tensor) -> torch.Tensor:
-    """The tensors a group's ratio is measured over: those initialised, or all of them
-    when none was (no host sync)."""
-    return torch.where(initialised.any(), initialised, torch.ones_like(initialised))
+def _measured(initialised: torch.Tensor, matrices: Sequence[bool]) -> torch.Tensor:
+    """The tensors a group's ratio is measured over: its matrices (every tensor, when it
+    has none), those of them initialised, or all of them when none was (no host sync)."""
+    wanted = matrices if any(matrices) else [True] * len(matrices)
+    candidates = torch.tensor(wanted, device=initialised.device)
+    kept = initialised & candidates
+    return torch.where(kept.any(), kept, candidates)
