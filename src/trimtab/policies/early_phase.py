@@ -16,11 +16,11 @@ The opposite mistake shows in the very first steps: an update that moves the wei
 a large share of their norm (``update_ratio`` above ``max_update_ratio``; healthy runs
 sit near 1e-3 to 1e-2) wrecks the initialisation before any loss-based check can react,
 so the rate is cut at once to bring the ratio to ``target_update_ratio``, and raises
-never take the ratio past ``max_update_ratio``. A group that starts from all-zero
-weights (a zero-initialised readout, biases, a LoRA ``B`` matrix) is exempt from both
-ratio checks: it has no initialisation to wreck, and its first steps are necessarily
-large next to its own small norm (its first ratio is infinite). Its raises are still
-judged by alignment and loss.
+never take the ratio past ``max_update_ratio``. A group whose weight matrices all start
+at zero (a zero-initialised readout beside its bias, a LoRA ``B`` matrix) is exempt from
+both ratio checks: it has no initialisation to wreck, and its first steps are
+necessarily large next to its own small norm (its first ratio is infinite). Its raises
+are still judged by alignment and loss.
 """
 
 from __future__ import annotations
