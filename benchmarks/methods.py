@@ -302,8 +302,8 @@ METHODS: dict[str, MethodSpec] = {
         ),
     ]
 }
-# trimtab_cooldown was measured once (2026-11-30: +1 grid cell, a single validation
-# sample); it stays reproducible with --methods but is not part of every run
+# trimtab_cooldown was measured on 2026-11-30 and rerun on 2026-12-01 (+1 grid cell on
+# 2 seeds, no speed gain: RESULTS.md); reproducible with --methods, not part of every run
 MAIN_METHODS = tuple(
     n
     for n in METHODS
