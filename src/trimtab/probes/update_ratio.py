@@ -58,11 +58,11 @@ class UpdateRatioProbe(Probe):
     def before_step(self, ctx: StepContext) -> dict[str, torch.Tensor]:
         self._snapshot = ctx.update_snapshot()
         self._weights = self._snapshot.weight_norms()
-        shapes = {g.name: [p.dim() for p in g.params] for g in ctx.groups}
         for name, norms in self._weights.items():
             known = self._measured.get(name)
-            if known is None or len(known) != len(norms):
-                self._measured[name] = _measured(norms > 0, [d >= 2 for d in shapes[name]])
+            if known is None or len(known) != len(norms):  # decided once per group
+                params = next(g.params for g in ctx.groups if g.name == name)
+                self._measured[name] = _measured(norms > 0, [p.dim() >= 2 for p in params])
             elif known.device != norms.device:  # loaded from a checkpoint
                 self._measured[name] = known.to(norms.device)
         return {}
