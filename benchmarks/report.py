@@ -43,6 +43,25 @@ def _commit() -> str:
         return "unknown"
 
 
+def _heading(records: list[dict[str, Any]], *, quick: bool, device: str, factor: int) -> list[str]:
+    """Title and provenance: the seed count is read from the cells themselves, so a
+    table's figures always say how many seeds they average."""
+    kind = "quick" if quick else "full"
+    where = "CPU only" if device == "cpu" else f"GPU {_gpu_name()}, sizes x{factor}"
+    seeds = len({r["seed"] for r in records})
+    command = "python -m benchmarks.run" + (" --quick" if quick else "") + f" --seeds {seeds}"
+    if device != "cpu":
+        command += f" --device {device} --factor {factor}"
+    return [
+        f"## Benchmark suite ({kind} run, {where}, {seeds} seeds per cell)",
+        "",
+        f"Machine: {platform.machine()}, {platform.processor() or 'cpu'}; {where}; "
+        f"date {datetime.date.today()}; commit `{_commit()}`; torch threads 1 per worker. "
+        f"Reproduce: `{command}`.",
+        "",
+    ]
+
+
 def write(
     records: list[dict[str, Any]],
     methods: list[str],
@@ -62,16 +81,7 @@ def write(
         by_task[r["task"]].append(r)
     scores = [score_task(t, by_task[t]) for t in tasks if by_task[t]]
     start, end = (START, END) if device == "cpu" else (CUDA_START, CUDA_END)
-    kind = "quick" if quick else "full"
-    where = "CPU only" if device == "cpu" else f"GPU {_gpu_name()}, sizes x{factor}"
-    lines = [start, "", f"## Benchmark suite ({kind} run, {where})", ""]
-    lines += [
-        f"Machine: {platform.machine()}, {platform.processor() or 'cpu'}; {where}; "
-        f"date {datetime.date.today()}; commit `{_commit()}`; torch threads 1 per worker. "
-        f"Reproduce: `python -m benchmarks.run{' --quick' if quick else ''}"
-        f"{'' if device == 'cpu' else f' --device {device} --factor {factor}'}`.",
-        "",
-    ]
+    lines = [start, "", *_heading(records, quick=quick, device=device, factor=factor)]
     if missing:
         lines += [f"Not run (package not installed): {', '.join(missing)}.", ""]
     lines += _summary(scores, methods)

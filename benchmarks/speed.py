@@ -1,12 +1,13 @@
 """Issue 5's speed targets with enough seeds to read them: ``python -m benchmarks.speed``.
 
-The suite's steps-to-target table uses 2 seeds, and its targets sit where the learning
-curves flatten (what the best-LR AdamW + warmup-cosine reaches at 75 % of its budget),
-so the step at which a 2-seed mean first crosses one moves by a third of the run from
-one pair of seeds to the next. Here the two methods the targets compare, trimtab given
-no LR (``trimtab_auto``) and AdamW + cosine at every grid LR, run on ``--seeds`` seeds
-(the suite's cells are reused: same cache, same keys), and the figures are given for
-all seeds and for each half, so the spread between halves shows how far to trust them.
+The suite's steps-to-target table uses 6 seeds (2 until 2026-12-01), and its targets
+sit where the learning curves flatten (what the best-LR AdamW + warmup-cosine reaches at
+75 % of its budget), so the step at which a few seeds' mean first crosses one moves by a
+third of the run from one pair of seeds to the next. Here the two methods the targets
+compare, trimtab given no LR (``trimtab_auto``) and AdamW + cosine at every grid LR, run
+on ``--seeds`` seeds (the suite's cells are reused: same cache, same keys), and the
+figures are given for all seeds and for each half, so the spread between halves shows
+how far to trust them.
 
 ``python -m benchmarks.speed [--seeds N] [--workers N] [--results PATH]``
 """

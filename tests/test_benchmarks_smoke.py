@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 from benchmarks.harness import run_cell
 from benchmarks.scoring import performance_profile_scores, score_task
 
@@ -176,3 +177,28 @@ def test_a_method_with_a_diverged_run_at_every_lr_is_named_as_left_off():
         "trimtab_auto": {0.0: [0.97, 0.96]},
     }
     assert _left_off(grouped) == ["adamw"]
+
+
+def test_the_suite_heading_says_how_many_seeds_its_figures_average():
+    from benchmarks.report import _heading
+
+    records = [{"seed": s, "task": "tabular"} for s in (0, 1, 2, 0, 2)]
+    title, _, provenance, _ = _heading(records, quick=False, device="cpu", factor=1)
+    assert "3 seeds per cell" in title
+    assert "`python -m benchmarks.run --seeds 3`" in provenance
+
+
+def test_the_full_suite_defaults_to_six_seeds_and_quick_to_two(monkeypatch):
+    import benchmarks.run as run
+
+    planned = {}
+
+    def stop_after_planning(quick, tasks, methods, seeds, *args):
+        planned[quick] = seeds
+        raise SystemExit(0)
+
+    monkeypatch.setattr(run, "plan", stop_after_planning)
+    for argv in ([], ["--quick"]):
+        with pytest.raises(SystemExit):
+            run.main([*argv, "--tasks", "tabular", "--methods", "adamw"])
+    assert planned == {False: 6, True: 2}
