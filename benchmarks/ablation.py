@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.methods import ABLATIONS, CANDIDATES, MAIN_METHODS
-from benchmarks.run import execute, plan
+from benchmarks.run import FULL_SEEDS, QUICK_SEEDS, execute, plan, seeds_or_default
 from benchmarks.scoring import _value
 from benchmarks.sections import replace_section
 from benchmarks.tasks import QUICK_TASKS, TASKS
@@ -90,14 +90,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.ablation", description=__doc__)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        default=None,
+        help=f"seeds per cell (default: {FULL_SEEDS} full, {QUICK_SEEDS} with --quick)",
+    )
     parser.add_argument("--out", default="benchmarks/out")
     parser.add_argument("--results", default="benchmarks/RESULTS.md")
     args = parser.parse_args(argv)
+    seeds = seeds_or_default(args.seeds, quick=args.quick, error=parser.error)
     tasks = list(QUICK_TASKS if args.quick else TASKS)
     variants = ["trimtab", *ABLATIONS, *CANDIDATES]
     cache = Path(args.out) / ("quick" if args.quick else "full") / "cells"
-    cells = plan(args.quick, tasks, [*MAIN_METHODS, *ABLATIONS, *CANDIDATES], args.seeds)
+    cells = plan(args.quick, tasks, [*MAIN_METHODS, *ABLATIONS, *CANDIDATES], seeds)
     records = execute(cells, cache, args.workers)
     hits = within(records, variants)
     diverged = {v: sum(r["diverged"] for r in records if r["method"] == v) for v in variants}
@@ -106,12 +112,13 @@ def main(argv: list[str] | None = None) -> int:
     block = [
         START,
         "",
-        f"## Policy ablation ({kind} run, CPU, {args.seeds} seeds)",
+        f"## Policy ablation ({kind} run, CPU, {seeds} seeds per cell)",
         "",
         "Each default policy switched off in turn, and each built policy that is not a default "
         "added; a cell is one (task, initial LR) of the "
         "suite's grid, within tolerance of the oracle as in the LR-robustness table. "
-        f"Reproduce: `python -m benchmarks.ablation{' --quick' if args.quick else ''}`.",
+        f"Reproduce: `python -m benchmarks.ablation{' --quick' if args.quick else ''} "
+        f"--seeds {seeds}`.",
         "",
         *lines,
         "",

@@ -106,7 +106,7 @@ def write(
 
 def _summary(scores: list[TaskScore], methods: list[str]) -> list[str]:
     out = [
-        "### Tuned best final metric (best LR per method, mean over seeds)",
+        "### Tuned best final metric (best LR per method; accuracy: mean over seeds, loss: median)",
         "",
         "| method | " + " | ".join(s.task for s in scores) + " |",
         "|---|" + "---|" * len(scores),

@@ -12,7 +12,9 @@ import json
 import multiprocessing as mp
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -36,6 +38,19 @@ def _work(args: tuple) -> dict:
     record = run_cell(*cell)
     Path(path).write_text(json.dumps(record))
     return record
+
+
+FULL_SEEDS = 6  # 2 left the oracle and tuned bests a few tenths of a point apart between pairs
+QUICK_SEEDS = 2
+
+
+def seeds_or_default(seeds: int | None, *, quick: bool, error: Callable[[str], Any]) -> int:
+    """The seeds per cell a run asked for, or the default of its kind (full or quick)."""
+    if seeds is None:
+        return QUICK_SEEDS if quick else FULL_SEEDS
+    if seeds < 1:
+        error(f"--seeds must be at least 1, got {seeds}")
+    return seeds
 
 
 def plan(
@@ -87,9 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         "--seeds",
         type=int,
         default=None,
-        help="seeds per cell (default: 6 for the full grid, where 2 left the oracle and "
-        "the tuned bests a few tenths of a point apart from one pair of seeds to the next; "
-        "2 with --quick)",
+        help=f"seeds per cell (default: {FULL_SEEDS} full, {QUICK_SEEDS} with --quick)",
     )
     parser.add_argument("--tasks", nargs="*", help="subset of tasks")
     parser.add_argument("--methods", nargs="*", help="subset of methods")
@@ -113,9 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda needs a CUDA GPU, and torch.cuda.is_available() is False")
     factor = args.factor or (4 if args.device == "cuda" else 1)
-    seeds = args.seeds if args.seeds is not None else (2 if args.quick else 6)
-    if seeds < 1:
-        parser.error(f"--seeds must be at least 1, got {seeds}")
+    seeds = seeds_or_default(args.seeds, quick=args.quick, error=parser.error)
     tasks = args.tasks or list(QUICK_TASKS if args.quick else TASKS)
     wanted = args.methods or list(QUICK_METHODS if args.quick else MAIN_METHODS)
     missing = [m for m in wanted if not METHODS[m].available()]

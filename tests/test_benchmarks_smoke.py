@@ -202,3 +202,14 @@ def test_the_full_suite_defaults_to_six_seeds_and_quick_to_two(monkeypatch):
         with pytest.raises(SystemExit):
             run.main([*argv, "--tasks", "tabular", "--methods", "adamw"])
     assert planned == {False: 6, True: 2}
+
+
+def test_a_seed_count_below_one_is_refused_with_what_was_given():
+    from benchmarks.run import seeds_or_default
+
+    def refuse(message):
+        raise ValueError(message)
+
+    with pytest.raises(ValueError, match="at least 1, got 0"):
+        seeds_or_default(0, quick=False, error=refuse)
+    assert seeds_or_default(3, quick=True, error=refuse) == 3
