@@ -18,11 +18,8 @@ from typing import Any
 from benchmarks.methods import ABLATIONS, CANDIDATES, MAIN_METHODS
 from benchmarks.run import FULL_SEEDS, QUICK_SEEDS, execute, plan, seeds_or_default
 from benchmarks.scoring import _value
-from benchmarks.sections import replace_section
+from benchmarks.sections import markers, replace_section
 from benchmarks.tasks import QUICK_TASKS, TASKS
-
-START = "<!-- ablation:start -->"
-END = "<!-- ablation:end -->"
 
 
 def within(records: list[dict[str, Any]], variants: list[str]) -> dict[str, dict[str, list]]:
@@ -109,8 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     diverged = {v: sum(r["diverged"] for r in records if r["method"] == v) for v in variants}
     lines = table(hits, variants, tasks, diverged)
     kind = "quick" if args.quick else "full"
+    start, end = markers("ablation", quick=args.quick)
     block = [
-        START,
+        start,
         "",
         f"## Policy ablation ({kind} run, CPU, {seeds} seeds per cell)",
         "",
@@ -122,9 +120,9 @@ def main(argv: list[str] | None = None) -> int:
         "",
         *lines,
         "",
-        END,
+        end,
     ]
-    replace_section(Path(args.results), START, END, block)
+    replace_section(Path(args.results), start, end, block)
     print("\n".join(lines))
     return 0
 

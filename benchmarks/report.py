@@ -13,13 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.scoring import R_MAX, TaskScore, performance_profile_scores, score_task
-from benchmarks.sections import replace_section
+from benchmarks.sections import markers, replace_section
 from benchmarks.tasks import TASKS
-
-START = "<!-- benchmark:start -->"
-END = "<!-- benchmark:end -->"
-CUDA_START = "<!-- benchmark-cuda:start -->"
-CUDA_END = "<!-- benchmark-cuda:end -->"
 
 
 def _gpu_name() -> str:
@@ -80,7 +75,7 @@ def write(
     for r in records:
         by_task[r["task"]].append(r)
     scores = [score_task(t, by_task[t]) for t in tasks if by_task[t]]
-    start, end = (START, END) if device == "cpu" else (CUDA_START, CUDA_END)
+    start, end = markers("benchmark" if device == "cpu" else "benchmark-cuda", quick=quick)
     lines = [start, "", *_heading(records, quick=quick, device=device, factor=factor)]
     if missing:
         lines += [f"Not run (package not installed): {', '.join(missing)}.", ""]
@@ -93,6 +88,8 @@ def write(
     lines += _overhead(cost)
     if device != "cpu":
         plots = plots / device
+    if quick:
+        plots = plots / "quick"  # the committed PNGs are the full run's
     _plots(records, scores, plots)
     lines += [
         f"Plots: `{plots.as_posix()}/final_vs_lr_<task>.png` (final metric against the "

@@ -15,3 +15,10 @@ def replace_section(path: Path, start: str, end: str, block: list[str]) -> None:
     else:
         text = text.rstrip() + "\n\n" + "\n".join(block) + "\n"
     path.write_text(text)
+
+
+def markers(name: str, *, quick: bool = False) -> tuple[str, str]:
+    """The start and end markers of section ``name``; a quick run owns its own section,
+    so a newcomer's ``--quick`` check never overwrites the committed full-run tables."""
+    key = f"{name}-quick" if quick else name
+    return f"<!-- {key}:start -->", f"<!-- {key}:end -->"

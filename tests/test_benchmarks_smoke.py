@@ -213,3 +213,41 @@ def test_a_seed_count_below_one_is_refused_with_what_was_given():
     with pytest.raises(ValueError, match="at least 1, got 0"):
         seeds_or_default(0, quick=False, error=refuse)
     assert seeds_or_default(3, quick=True, error=refuse) == 3
+
+
+def test_a_quick_report_writes_its_own_section_and_plots_beside_the_full_ones(tmp_path):
+    from benchmarks import report
+
+    def cell(method, lr, seed, final):
+        return {
+            "task": "tabular",
+            "method": method,
+            "lr": lr,
+            "seed": seed,
+            "final": final,
+            "diverged": False,
+            "curve": [[10, final - 0.02], [20, final]],
+            "events": [],
+        }
+
+    records = [cell("adamw", lr, s, 0.9 + lr) for lr in (1e-3, 1e-2) for s in (0, 1)]
+    results = tmp_path / "RESULTS.md"
+    full = "<!-- benchmark:start -->\nthe full run's tables\n<!-- benchmark:end -->"
+    results.write_text(f"# Results\n\n{full}\n")
+    plots = tmp_path / "plots"
+    report.write(
+        records,
+        ["adamw"],
+        ["tabular"],
+        None,
+        [],
+        quick=True,
+        results=results,
+        plots=plots,
+        missing=[],
+    )
+    text = results.read_text()
+    assert full in text
+    assert "<!-- benchmark-quick:start -->" in text and "quick run" in text
+    assert not list(plots.glob("*.png"))
+    assert (plots / "quick" / "final_vs_lr_tabular.png").exists()
