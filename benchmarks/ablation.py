@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.methods import ABLATIONS, CANDIDATES, MAIN_METHODS
-from benchmarks.run import FULL_SEEDS, QUICK_SEEDS, execute, plan, seeds_or_default
+from benchmarks.run import add_seeds_argument, execute, plan, seeds_or_default
 from benchmarks.scoring import _value
 from benchmarks.sections import markers, replace_section
 from benchmarks.tasks import QUICK_TASKS, TASKS
@@ -87,12 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.ablation", description=__doc__)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument(
-        "--seeds",
-        type=int,
-        default=None,
-        help=f"seeds per cell (default: {FULL_SEEDS} full, {QUICK_SEEDS} with --quick)",
-    )
+    add_seeds_argument(parser)
     parser.add_argument("--out", default="benchmarks/out")
     parser.add_argument("--results", default="benchmarks/RESULTS.md")
     args = parser.parse_args(argv)

@@ -44,6 +44,16 @@ FULL_SEEDS = 6  # 2 left the oracle and tuned bests a few tenths of a point apar
 QUICK_SEEDS = 2
 
 
+def add_seeds_argument(parser: argparse.ArgumentParser) -> None:
+    """``--seeds``, left at None so ``seeds_or_default`` picks by the run's kind."""
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        default=None,
+        help=f"seeds per cell (default: {FULL_SEEDS} full, {QUICK_SEEDS} with --quick)",
+    )
+
+
 def seeds_or_default(seeds: int | None, *, quick: bool, error: Callable[[str], Any]) -> int:
     """The seeds per cell a run asked for, or the default of its kind (full or quick)."""
     if seeds is None:
@@ -98,12 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="4 tasks, 3 LRs, short runs")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument(
-        "--seeds",
-        type=int,
-        default=None,
-        help=f"seeds per cell (default: {FULL_SEEDS} full, {QUICK_SEEDS} with --quick)",
-    )
+    add_seeds_argument(parser)
     parser.add_argument("--tasks", nargs="*", help="subset of tasks")
     parser.add_argument("--methods", nargs="*", help="subset of methods")
     parser.add_argument("--out", default="benchmarks/out", help="cache of cell records")
