@@ -260,6 +260,11 @@ class Controller:
             self._log_signals(targets)
         return outcome
 
+    @property
+    def data_changed_at(self) -> int | None:
+        """Step of the latest data change a policy announced (``None``: none yet)."""
+        return self._data_changed_at
+
     def after_step(self, outcome: Outcome) -> None:
         """Restore base values, run after-step probes, count the step, take snapshots."""
         ctx, self._ctx = self._ctx, None

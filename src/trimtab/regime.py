@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 import torch
@@ -23,6 +23,7 @@ import torch
 from trimtab import _checks
 from trimtab.actuator import GroupHandle
 from trimtab.arbiter import ArbiterConfig
+from trimtab.averaging import WeightAverage, decay_for
 from trimtab.controller import Controller
 from trimtab.errors import CallOrderError, ConfigError, ConfigTypeError, StateError
 from trimtab.log import EventLog, Sink
@@ -72,6 +73,11 @@ class Regime:
             (after the probes read it); the ``clipping`` policy moves it with the running
             distribution of gradient norms. ``recipe().max_grad_norm`` is a size-aware
             value. ``None`` (default): no clipping.
+        average: keep an exponential moving average of the weights and evaluate it
+            inside ``with regime.averaged():``. ``True`` spans 4 % of ``total_steps``;
+            a float is the decay itself (e.g. 0.999). It restarts from the live weights
+            after a rollback and when the data changes. Costs one copy of the weights
+            and one fused update per step. ``False`` (default): no average.
 
     Example:
         >>> model = torch.nn.Linear(4, 1)
@@ -100,6 +106,7 @@ class Regime:
         accumulate: int = 1,
         recipe: RecipeReport | None = None,
         max_grad_norm: float | None = None,
+        average: bool | float = False,
     ) -> None:
         if not isinstance(model, torch.nn.Module):
             raise ConfigTypeError(
@@ -181,6 +188,8 @@ class Regime:
                 **run_info,
             },
         )
+        decay = decay_for(average, total_steps)
+        self._average = None if decay is None else WeightAverage(model, decay)
         self._losses: list[torch.Tensor] = []
         self._micro_sq_norms: list[torch.Tensor] = []
         self._micro_batch_size: int | None = None
@@ -281,6 +290,7 @@ class Regime:
         if scaler is not None:
             for optimizer in self.optimizers:
                 scaler.unscale_(optimizer)  # probes must read true gradients
+        data_changed_at = self._controller.data_changed_at
         outcome = self._controller.before_step(
             loss,
             closure=closure,
@@ -304,7 +314,32 @@ class Regime:
                 scaler.update()
             for optimizer in self.optimizers:
                 optimizer.zero_grad(set_to_none=True)
+        if self._average is not None:
+            jumped = outcome is Outcome.ROLLED_BACK
+            if jumped or self._controller.data_changed_at != data_changed_at:
+                self._average.restart()  # the weights jumped, or they now fit other data
+            elif outcome is Outcome.STEPPED:
+                self._average.update()
         return outcome
+
+    @contextlib.contextmanager
+    def averaged(self) -> Iterator[None]:
+        """Evaluate the averaged weights: the model holds them inside the block.
+
+            with torch.no_grad(), regime.averaged():
+                val_loss = evaluate(model)
+            regime.observe(val_loss=val_loss)
+
+        Needs ``Regime(..., average=True)``. Save ``model.state_dict()`` inside the
+        block to keep the averaged weights.
+        """
+        if self._average is None:
+            raise ConfigError(
+                "this Regime keeps no weight average; build it with average=True "
+                "(or a decay such as average=0.999) to evaluate one"
+            )
+        with self._average.swapped_in():
+            yield
 
     def observe(self, val_loss: float | None = None, **metrics: float) -> None:
         """Feed validation results (e.g. ``val_loss``, ``accuracy``) to the policies."""
@@ -378,6 +413,7 @@ class Regime:
             "optimizers": [o.state_dict() for o in self.optimizers],
             "controller": self._controller.state_dict(),
             "grad_scaler": None if self._scaler is None else self._scaler.state_dict(),
+            "average": None if self._average is None else self._average.state_dict(),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -392,6 +428,12 @@ class Regime:
                 f"checkpoint has {len(state['optimizers'])} optimizers, this Regime has "
                 f"{len(self.optimizers)}"
             )
+        saved_average = state.get("average")
+        if (saved_average is None) != (self._average is None):
+            raise StateError(
+                "checkpoint and Regime disagree on weight averaging; build the Regime with "
+                "the average= setting the checkpoint was saved with"
+            )
         self.model.load_state_dict(state["model"])
         for optimizer, saved in zip(self.optimizers, state["optimizers"], strict=True):
             optimizer.load_state_dict(saved)
@@ -404,6 +446,8 @@ class Regime:
             )
         if self._scaler is not None:
             self._scaler.load_state_dict(saved_scaler)
+        if self._average is not None:
+            self._average.load_state_dict(saved_average)
 
 
 def _optimizers(optimizer: Any) -> tuple[torch.optim.Optimizer, ...]:
