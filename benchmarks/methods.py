@@ -8,6 +8,7 @@ evaluation (schedule-free evaluates its averaged weights).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import math
 from collections.abc import Callable
@@ -188,13 +189,16 @@ class DoG(Method):
 
 
 class Trimtab(Method):
-    """AdamW given the grid's LR, driven by trimtab's default policies."""
+    """AdamW given the grid's LR, driven by trimtab's default policies and evaluated on
+    its moving average of the weights (``Regime(average=True)``, the README's loop)."""
 
     fixed_lr: float | None = None
     without: str | None = None  # a default policy switched off (the ablation)
     extra: str | None = None  # a policy added to the defaults (a candidate)
     wants_closure: bool = False  # the harness passes a loss closure to ``step``
     schedule: trimtab.schedules.Schedule | None = None  # a trimtab schedule on the base LR
+    # evaluated on its moving average of the weights, as the README's loop does
+    average: bool = True
 
     def __init__(self, setup, lr, steps):
         super().__init__(setup, self.fixed_lr or lr, steps)
@@ -209,7 +213,16 @@ class Trimtab(Method):
             policies=policies,
             max_grad_norm=clip,
             schedule=self.schedule,
+            average=self.average,
         )
+        self._evaluating = contextlib.ExitStack()
+
+    def eval_mode(self):
+        if self.average:
+            self._evaluating.enter_context(self.regime.averaged())
+
+    def train_mode(self):
+        self._evaluating.close()
 
     def step(self, loss, closure=None):
         self.regime.backward(loss)

@@ -35,8 +35,11 @@ HIGH_START = 1e-2  # trimtab started on the high side, as the README advises
 # What each table compares with AdamW + cosine: a method, and the one LR of it to use
 # (None: the method ignores the LR).
 CONTENDERS = {
-    "trimtab_auto (AdamW's default 1e-3, then adaptation)": ("trimtab_auto", None),
-    f"trimtab started at {HIGH_START:g}": ("trimtab", HIGH_START),
+    "trimtab_auto (AdamW's default 1e-3, then adaptation; evaluated on its average)": (
+        "trimtab_auto",
+        None,
+    ),
+    f"trimtab started at {HIGH_START:g} (evaluated on its average)": ("trimtab", HIGH_START),
 }
 METHODS = ("adamw_cosine", *dict.fromkeys(method for method, _ in CONTENDERS.values()))
 
