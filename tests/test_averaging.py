@@ -168,3 +168,26 @@ def test_new_data_restarts_the_average_and_the_averaged_model_learns_it():
                 best_after = max(best_after, accuracy)
     assert restarted_at is not None and SHIFT_AT < restarted_at < SHIFT_AT + 20
     assert best_after > 0.97  # the averaged model learns the new data within 60 steps
+
+
+def test_bf16_weights_are_averaged_in_float32_and_tied_weights_once():
+    embed = torch.nn.Embedding(10, 4)
+    readout = torch.nn.Linear(4, 10, bias=False)
+    readout.weight = embed.weight  # tied, as in many language models
+    model = torch.nn.Sequential(embed, readout).to(torch.bfloat16)
+    with torch.no_grad():
+        embed.weight.zero_()
+    average = WeightAverage(model, decay=0.99)
+    assert list(average.state_dict()["average"]) == ["0.weight"]  # one tensor, not two
+    with torch.no_grad():
+        embed.weight.fill_(1.0)  # exact in bf16; the average creeps toward it
+    remaining = 1.0
+    for n in range(1, 301):
+        average.update()
+        remaining *= min(0.99, n / (9.0 + n))
+    averaged = average.state_dict()["average"]["0.weight"]
+    assert averaged.dtype == torch.float32
+    # a bf16 average would be off by its rounding of each small step (~1e-3 here)
+    assert torch.allclose(averaged, torch.full_like(averaged, 1.0 - remaining), atol=1e-5)
+    with average.swapped_in():
+        assert model[1].weight.dtype == torch.bfloat16

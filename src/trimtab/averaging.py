@@ -59,9 +59,12 @@ class WeightAverage:
         if not 0.0 < decay < 1.0:
             raise ConfigError(f"decay must be in (0, 1), got {decay}")
         self.decay = decay
-        self._names = [name for name, t in _floating(model)]
-        self._live = [t for _, t in _floating(model)]
-        self._average = [t.detach().clone() for t in self._live]
+        named = list(_floating(model))
+        self._names = [name for name, _ in named]
+        self._live = [t for _, t in named]
+        # 16-bit weights are averaged in float32: a bf16 average moved by 5 % of a
+        # small difference per step would round back to itself and never move
+        self._average = [t.detach().to(_average_dtype(t), copy=True) for t in self._live]
         self.updates = 0  # since the last restart
 
     def update(self) -> None:
@@ -69,13 +72,19 @@ class WeightAverage:
         self.updates += 1
         weight = min(self.decay, self.updates / (9.0 + self.updates))
         with torch.no_grad():
-            torch._foreach_lerp_(self._average, [t.detach() for t in self._live], 1.0 - weight)
+            torch._foreach_lerp_(self._average, self._live_as_average(), 1.0 - weight)
 
     def restart(self) -> None:
         """Start again from the live weights (after they jumped: rollback, new data)."""
         with torch.no_grad():
-            torch._foreach_copy_(self._average, [t.detach() for t in self._live])
+            torch._foreach_copy_(self._average, self._live_as_average())
         self.updates = 0
+
+    def _live_as_average(self) -> list[torch.Tensor]:
+        return [
+            t.detach() if t.dtype == a.dtype else t.detach().to(a.dtype)
+            for t, a in zip(self._live, self._average, strict=True)
+        ]
 
     @contextlib.contextmanager
     def swapped_in(self) -> Iterator[None]:
@@ -110,7 +119,14 @@ class WeightAverage:
 
 
 def _floating(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
-    """Parameters and buffers whose values can be averaged (not e.g. a step counter)."""
+    """Parameters and buffers whose values can be averaged (not e.g. a step counter);
+    a tensor shared under two names (tied embeddings) once."""
+    seen: set[int] = set()
     for name, tensor in model.state_dict(keep_vars=True).items():
-        if torch.is_floating_point(tensor):
+        if torch.is_floating_point(tensor) and id(tensor) not in seen:
+            seen.add(id(tensor))
             yield name, tensor
+
+
+def _average_dtype(tensor: torch.Tensor) -> torch.dtype:
+    return torch.float32 if tensor.dtype in (torch.float16, torch.bfloat16) else tensor.dtype
