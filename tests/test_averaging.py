@@ -191,3 +191,29 @@ def test_bf16_weights_are_averaged_in_float32_and_tied_weights_once():
     assert torch.allclose(averaged, torch.full_like(averaged, 1.0 - remaining), atol=1e-5)
     with average.swapped_in():
         assert model[1].weight.dtype == torch.bfloat16
+
+
+def test_early_stopping_comes_back_to_the_average_that_scored_best():
+    from tests.test_policy_regularization import memorizing_setup
+
+    from trimtab.policies.regularization import Regularization
+
+    policies = ("stability_guard", Regularization(restart=False))
+    model, plain, (x, y, train, val) = memorizing_setup(policies, 240, 0)
+    plain.close()
+    regime = Regime(model, plain.optimizers[0], total_steps=240, policies=policies, average=0.9)
+    observed = []
+    for step in range(240):
+        regime.backward(torch.nn.functional.mse_loss(model(x[train]), y[train]))
+        regime.step()
+        if (step + 1) % 10 == 0:
+            with torch.no_grad(), regime.averaged():
+                observed.append(torch.nn.functional.mse_loss(model(x[val]), y[val]).item())
+            regime.observe(val_loss=observed[-1])
+        if regime.should_stop:
+            break
+    assert regime.should_stop and any(e.kind.value == "restore" for e in regime.events)
+    with torch.no_grad(), regime.averaged():
+        final = torch.nn.functional.mse_loss(model(x[val]), y[val]).item()
+    assert final == pytest.approx(min(observed), rel=1e-6)  # the average that scored best
+    assert final < observed[-1]

@@ -66,6 +66,8 @@ class WeightAverage:
         # small difference per step would round back to itself and never move
         self._average = [t.detach().to(_average_dtype(t), copy=True) for t in self._live]
         self.updates = 0  # since the last restart
+        self._best: list[torch.Tensor] | None = None
+        self._best_updates = 0
 
     def update(self) -> None:
         """Fold the live weights into the average (call after each optimizer step)."""
@@ -86,6 +88,20 @@ class WeightAverage:
             for t, a in zip(self._live, self._average, strict=True)
         ]
 
+    def keep(self) -> None:
+        """Keep a CPU copy of the average as the best one (it was what scored best)."""
+        self._best = [a.detach().to("cpu", copy=True) for a in self._average]
+        self._best_updates = self.updates
+
+    def recall(self) -> None:
+        """Go back to the kept best average, or restart when none was kept."""
+        if self._best is None:
+            self.restart()
+            return
+        with torch.no_grad():
+            torch._foreach_copy_(self._average, self._best)
+        self.updates = self._best_updates
+
     @contextlib.contextmanager
     def swapped_in(self) -> Iterator[None]:
         """The model holds the averaged weights inside the block, its own after it."""
@@ -99,10 +115,13 @@ class WeightAverage:
                 torch._foreach_copy_(self._live, saved)
 
     def state_dict(self) -> dict[str, Any]:
+        best = None if self._best is None else dict(zip(self._names, self._best, strict=True))
         return {
             "decay": self.decay,
             "updates": self.updates,
             "average": dict(zip(self._names, self._average, strict=True)),
+            "best": best,
+            "best_updates": self._best_updates,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -116,6 +135,9 @@ class WeightAverage:
         with torch.no_grad():
             torch._foreach_copy_(self._average, [saved[name] for name in self._names])
         self.updates = int(state["updates"])
+        best = state.get("best")
+        self._best = None if best is None else [best[n].to("cpu", copy=True) for n in self._names]
+        self._best_updates = int(state.get("best_updates", 0))
 
 
 def _floating(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:

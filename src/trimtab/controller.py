@@ -148,6 +148,8 @@ class Controller:
         self._last_incident = -(10**9)
         self._rewound_at: int | None = None
         self._data_changed_at: int | None = None
+        # what the last rolled-back step loaded: "snapshot" (a rollback), "best" or "initial"
+        self.restored_from: str | None = None
         self._pending: dict[str, torch.Tensor] = {}
         self._ctx: StepContext | None = None
         header = describe_run(
@@ -374,6 +376,10 @@ class Controller:
             self._couple_shared_lr(bases)
         if outcome is not Outcome.STEPPED:
             self._last_incident = self.step
+        if outcome is Outcome.ROLLED_BACK:  # the last load below is what stays
+            self.restored_from = (
+                "initial" if restart_events else "best" if restore_events else "snapshot"
+            )
         if rollback_events:
             with self.actuator.keeping_hyperparameters():
                 restored = self.guard.restore(before=self.step)

@@ -291,6 +291,7 @@ class Regime:
             for optimizer in self.optimizers:
                 scaler.unscale_(optimizer)  # probes must read true gradients
         data_changed_at = self._controller.data_changed_at
+        bests_kept = self._controller.guard.bests_kept
         outcome = self._controller.before_step(
             loss,
             closure=closure,
@@ -315,12 +316,23 @@ class Regime:
             for optimizer in self.optimizers:
                 optimizer.zero_grad(set_to_none=True)
         if self._average is not None:
-            jumped = outcome is Outcome.ROLLED_BACK
-            if jumped or self._controller.data_changed_at != data_changed_at:
-                self._average.restart()  # the weights jumped, or they now fit other data
-            elif outcome is Outcome.STEPPED:
-                self._average.update()
+            self._follow(outcome, data_changed_at, bests_kept)
         return outcome
+
+    def _follow(self, outcome: Outcome, data_changed_at: int | None, bests_kept: int) -> None:
+        """Keep the weight average in step with what this step did to the weights."""
+        average = self._average
+        assert average is not None
+        if self._controller.guard.bests_kept != bests_kept:
+            # the weights just kept as the best were evaluated through the average:
+            # keep the average that scored, to come back to it with them
+            average.keep()
+        if outcome is Outcome.ROLLED_BACK and self._controller.restored_from == "best":
+            average.recall()
+        elif outcome is Outcome.ROLLED_BACK or self._controller.data_changed_at != data_changed_at:
+            average.restart()  # the weights jumped, or they now fit other data
+        elif outcome is Outcome.STEPPED:
+            average.update()
 
     @contextlib.contextmanager
     def averaged(self) -> Iterator[None]:
