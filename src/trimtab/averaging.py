@@ -8,9 +8,11 @@ the length of the block (an evaluation) and get their live values back after it,
 evaluation loop needs no second model.
 
 The average restarts from the live weights whenever they jump back (a rollback, a
-restored best, a restart) and when the data changes: averaging across such a jump would
-mix two trajectories. The decay warms up as ``(1 + n) / (10 + n)`` over the ``n``
-updates since the last restart, so a young average is not dominated by its first value.
+restart) and when the data changes: averaging across such a jump would mix two
+trajectories. A restored best is the exception: the best was judged on the average, so
+the average kept with it (``keep``) comes back with it (``recall``). The decay warms up
+as ``(1 + n) / (10 + n)`` over the ``n`` updates since the last restart, so a young
+average is not dominated by its first value.
 """
 
 from __future__ import annotations

@@ -76,7 +76,8 @@ class Regime:
         average: keep an exponential moving average of the weights and evaluate it
             inside ``with regime.averaged():``. ``True`` spans 4 % of ``total_steps``;
             a float is the decay itself (e.g. 0.999). It restarts from the live weights
-            after a rollback and when the data changes. Costs one copy of the weights
+            after a rollback and when the data changes; a restored best brings back the
+            average that scored best. Costs one copy of the weights
             and one fused update per step. ``False`` (default): no average.
 
     Example:
