@@ -77,8 +77,8 @@ class Regime:
             inside ``with regime.averaged():``. ``True`` spans 4 % of ``total_steps``;
             a float is the decay itself (e.g. 0.999). It restarts from the live weights
             after a rollback and when the data changes; a restored best brings back the
-            average that scored best. Costs one copy of the weights
-            and one fused update per step. ``False`` (default): no average.
+            average that scored best. Costs one copy of the weights and one fused update
+            per step. ``False`` (default): no average.
 
     Example:
         >>> model = torch.nn.Linear(4, 1)
