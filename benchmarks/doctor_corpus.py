@@ -30,9 +30,9 @@ from torch import nn
 from torch.nn import functional as F
 
 try:  # run as ``python benchmarks/doctor_corpus.py``, only this folder is on the path
-    from benchmarks.sections import replace_section
+    from benchmarks.sections import markers, replace_section
 except ModuleNotFoundError:
-    from sections import replace_section
+    from sections import markers, replace_section
 
 import trimtab
 from trimtab.report import diagnose, load_run
@@ -325,8 +325,7 @@ def markdown(tuned: dict, held: dict, seconds: float) -> str:
     return "\n".join(lines) + "\n"
 
 
-START = "<!-- doctor:start -->"
-END = "<!-- doctor:end -->"
+START, END = markers("doctor")
 
 
 def write_results(section: str, path: Path) -> None:

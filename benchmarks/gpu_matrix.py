@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from benchmarks.sections import markers as section_markers
 from benchmarks.sections import replace_section
 from trimtab import Outcome, Regime, build_optimizer
 
@@ -288,8 +289,7 @@ def section(cells: list[Cell], *, device: str, width: int, steps: int, micro: in
 
 
 def markers(device: str) -> tuple[str, str]:
-    tag = "toolbox-matrix" if device == "cpu" else f"toolbox-matrix-{device}"
-    return f"<!-- {tag}:start -->", f"<!-- {tag}:end -->"
+    return section_markers("toolbox-matrix" if device == "cpu" else f"toolbox-matrix-{device}")
 
 
 def write_section(results: Path, lines: list[str], device: str) -> None:

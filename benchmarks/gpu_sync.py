@@ -31,12 +31,11 @@ import torch
 
 import trimtab
 from benchmarks.overhead import measure_task, train_step
-from benchmarks.sections import replace_section
+from benchmarks.sections import markers, replace_section
 from benchmarks.tasks import TASKS, Size
 
 TASK = "char_lm"
-START = "<!-- gpu-sync:start -->"
-END = "<!-- gpu-sync:end -->"
+START, END = markers("gpu-sync")
 
 
 @contextmanager

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.overhead import interleaved
-from benchmarks.sections import replace_section
+from benchmarks.sections import markers, replace_section
 from trimtab.probes import DEFAULT_PROBES, PRESETS, PROBES, PageHinkley
 
 REQUIRED = ("loss", "grad_norm", "nonfinite")
@@ -27,7 +27,7 @@ COLUMNS = {
     "digits_cnn": "digits CNN (12k)",
     "char_lm": "char_lm transformer (117k)",
 }
-START, END = "<!-- probes:start -->", "<!-- probes:end -->"
+START, END = markers("probes")
 
 
 def _ratio(task: str, probes: tuple[str, ...], steps: int) -> float:

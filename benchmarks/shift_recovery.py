@@ -29,11 +29,10 @@ from pathlib import Path
 import torch
 
 from benchmarks.methods import MAIN_METHODS, METHODS
-from benchmarks.sections import replace_section
+from benchmarks.sections import markers, replace_section
 from benchmarks.tasks import Setup, _ce, _classification_eval, _mlp, _one_group, shifting_blobs
 
-START = "<!-- shift_recovery:start -->"
-END = "<!-- shift_recovery:end -->"
+START, END = markers("shift_recovery")
 TOLERANCE = 0.01  # accuracy points, as the suite's tolerance for accuracy tasks
 LRS = (1e-3, 3e-3, 1e-2)
 

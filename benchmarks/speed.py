@@ -8,7 +8,7 @@ compare, trimtab given no LR (``trimtab_auto``) and AdamW + cosine at every grid
 on ``--seeds`` seeds (the suite's cells are reused: same cache, same keys), and the
 figures are given for all seeds and for each half, so the spread between halves shows
 how far to trust them. A second table does the same for trimtab started at
-``HIGH_START``, the start the README advises.
+``HIGH_START``: faster on the median, but short of two tasks' targets (RESULTS.md).
 
 ``python -m benchmarks.speed [--seeds N] [--workers N] [--results PATH]``
 """
@@ -25,13 +25,12 @@ from pathlib import Path
 
 from benchmarks.run import execute, plan
 from benchmarks.scoring import score_task
-from benchmarks.sections import replace_section
+from benchmarks.sections import markers, replace_section
 from benchmarks.tasks import TASKS
 
-START = "<!-- speed_seeds:start -->"
-END = "<!-- speed_seeds:end -->"
+START, END = markers("speed_seeds")
 NO_SLOWER = 1.25  # the no-sweep target's bound: at most 1.25x the reference's steps
-HIGH_START = 1e-2  # trimtab started on the high side, as the README advises
+HIGH_START = 1e-2  # trimtab started on the high side, beside AdamW's default start
 # What each table compares with AdamW + cosine: a method, and the one LR of it to use
 # (None: the method ignores the LR).
 CONTENDERS = {

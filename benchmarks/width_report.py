@@ -11,7 +11,9 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-START, END = "<!-- width:start -->", "<!-- width:end -->"
+from benchmarks.sections import markers
+
+START, END = markers("width")
 
 
 @dataclass
