@@ -132,6 +132,25 @@ def test_no_raise_when_gradients_do_not_agree_or_the_phase_is_over():
         assert script.feed(**{"loss/train": 1.0, "alignment/g0": 0.8}) == []
 
 
+def test_no_raise_once_the_loss_is_all_but_gone_and_new_data_resets_the_yardstick():
+    script = Script(EarlyPhase(raise_above=0.0))
+    made = []
+    for i in range(80):  # the loss falls 10x every 9 steps while gradients still agree
+        made += script.feed(**{"loss/train": 2.0 * 10 ** (-i / 9), "alignment/g0": 0.3})
+    raises = [p for p in made if p.knob is Knob.LR and p.factor == 2.0]
+    # decisions at steps 10, 20, 30 see mean losses above 1e-3 of the first steps' mean;
+    # from step 40 on the loss is below it, and no raise follows however well aligned
+    assert [p.signals["loss/mean"] / 2.0 > 1e-3 for p in raises] == [True] * len(raises)
+    assert len(raises) == 3 and _lr(script) == 8.0
+    script.data_changed_at = script.step  # new data, far higher loss: raises resume
+    later = [
+        p
+        for i in range(30)
+        for p in script.feed(**{"loss/train": 5.0 - 0.01 * i, "alignment/g0": 0.3})
+    ]
+    assert any(p.knob is Knob.LR and p.factor == 2.0 for p in later)
+
+
 def test_an_update_that_moves_the_weights_too_far_is_cut_at_once():
     script = Script(EarlyPhase())
     proposals = script.feed(**{"loss/train": 2.0, "update_ratio/g0": 0.4})
@@ -203,6 +222,8 @@ def test_bad_settings_are_refused_with_the_reason():
         EarlyPhase(factor=0.5)
     with pytest.raises(ConfigError, match="target_update_ratio"):
         EarlyPhase(max_update_ratio=0.1, target_update_ratio=0.2)
+    with pytest.raises(ConfigError, match="fitted_below must be in"):
+        EarlyPhase(fitted_below=0.0)
 
 
 def test_alignment_probe_matches_a_hand_computed_cosine_and_skips_a_gap():
