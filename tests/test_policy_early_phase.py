@@ -391,3 +391,33 @@ def test_guard_recovery_restores_only_its_own_cut():
     for i in range(200):
         script.feed(**{"loss/train": 1.0 + 0.01 * math.sin(i), "grad_norm/global": 1.0})
     assert _lr(script) == pytest.approx(0.5)  # back to half the level, not to 1.0
+
+
+def _separable(early_phase, steps=150):
+    """Two far-apart Gaussian classes: the loss falls to ~0 within a few dozen steps."""
+    gen = torch.Generator().manual_seed(0)
+    y = torch.arange(256) % 2
+    x = torch.randn(256, 8, generator=gen) + 6.0 * (2 * y[:, None] - 1)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 2))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    regime = Regime(model, opt, total_steps=steps, policies=(early_phase,))
+    losses = []
+    for i in range(steps):
+        xb, yb = batch(x, y, i)
+        loss = torch.nn.functional.cross_entropy(model(xb), yb)
+        losses.append(loss.item())
+        regime.backward(loss)
+        regime.step()
+    raises = [e for e in regime.events if e.knob == "lr" and e.new > e.old]
+    return raises, losses
+
+
+def test_a_fitted_loss_stops_the_ramp_end_to_end():
+    raises, losses = _separable(EarlyPhase())
+    start = sum(losses[:10]) / 10
+    # every raise was decided on a loss still above 1e-3 of the first steps' mean
+    assert raises and all(e.signals["loss/mean"] >= 1e-3 * start for e in raises)
+    assert min(losses) < 1e-4 * start  # and the loss did fall far below that bar
+    unbounded, _ = _separable(EarlyPhase(fitted_below=1e-12))
+    assert len(unbounded) > len(raises)  # gradients kept agreeing: the bar is what stopped it
