@@ -151,6 +151,18 @@ def test_no_raise_once_the_loss_is_all_but_gone_and_new_data_resets_the_yardstic
     assert any(p.knob is Knob.LR and p.factor == 2.0 for p in later)
 
 
+def test_a_loss_that_goes_negative_is_never_judged_fitted():
+    # a Gaussian negative log-likelihood: from +2 down through zero to -4; the bar
+    # (1e-3 of the start) would read -4 as fitted if signs were ignored
+    script = Script(EarlyPhase(raise_above=0.0))
+    made = []
+    for i in range(80):
+        made += script.feed(**{"loss/train": 2.0 - 0.075 * i, "alignment/g0": 0.3})
+    raises = [p for p in made if p.knob is Knob.LR and p.factor == 2.0]
+    assert len(raises) == 7  # a raise at every decision from step 10 to step 70
+    assert min(p.signals["loss/mean"] for p in raises) < 0
+
+
 def test_an_update_that_moves_the_weights_too_far_is_cut_at_once():
     script = Script(EarlyPhase())
     proposals = script.feed(**{"loss/train": 2.0, "update_ratio/g0": 0.4})

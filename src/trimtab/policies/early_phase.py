@@ -61,7 +61,8 @@ class EarlyPhase(Policy):
         fitted_below: no raise once the recent mean train loss is below this fraction
             of the first ``period`` steps' (on new data: of its first steps'): a loss
             that low leaves no speed to gain, and a rate raised on its tiny gradients
-            is a risk stored for the next data.
+            is a risk stored for the next data. Losses that start at or below zero or
+            go negative are never judged fitted.
     """
 
     name = "early_phase"
@@ -315,7 +316,7 @@ class EarlyPhase(Policy):
             return out  # another policy caps this group's LR here: the raise would be refused
         recent = losses[-self.period :]
         before = sum(recent) / len(recent)
-        if start_loss is not None and before < self.fitted_below * start_loss:
+        if self._fitted(before, start_loss):
             return out  # the loss is all but gone: nothing left for a larger step to gain
         spread = stats.robust_range(recent)[1] / math.sqrt(len(recent))
         entry["trial"] = {
@@ -343,6 +344,14 @@ class EarlyPhase(Policy):
             signals={"alignment": mean_align, "loss/mean": before, "provisional": 1.0},
         )
         return [*out, raise_]
+
+    def _fitted(self, loss: float, start_loss: float | None) -> bool:
+        """Whether ``loss`` is below ``fitted_below`` of the start. Only a loss bounded
+        below by zero (cross-entropy, MSE) has such a floor: one that starts at or below
+        zero, or goes negative (a log-likelihood of a density), never counts as fitted."""
+        if start_loss is None or start_loss <= 0.0 or loss < 0.0:
+            return False
+        return loss < self.fitted_below * start_loss
 
     def _verdict(
         self,
