@@ -8,7 +8,8 @@ compare, trimtab given no LR (``trimtab_auto``) and AdamW + cosine at every grid
 on ``--seeds`` seeds (the suite's cells are reused: same cache, same keys), and the
 figures are given for all seeds and for each half, so the spread between halves shows
 how far to trust them. A second table does the same for trimtab started at
-``HIGH_START``: faster on the median, but short of two tasks' targets (RESULTS.md).
+``HIGH_START``: no faster on the median, and short of the tabular task's target
+(RESULTS.md).
 
 ``python -m benchmarks.speed [--seeds N] [--workers N] [--results PATH]``
 """
