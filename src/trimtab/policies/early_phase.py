@@ -45,7 +45,7 @@ class EarlyPhase(Policy):
         period: steps between decisions (and the length of a trial).
         raise_above: mean alignment (cosine of gradient and previous update) above which
             the step is judged too small. The default 0 ramps until the gradient stops
-            agreeing at all; 0.1 (before 2026-12-01) stopped a few raises short: with
+            agreeing at all; 0.1 (the earlier default) stopped a few raises short: with
             the weight average evaluated it read 1.09x the best AdamW + cosine's speed
             on 12 seeds against 1.40x at 0 (benchmarks/RESULTS.md).
         factor: LR factor of one trial (> 1).
