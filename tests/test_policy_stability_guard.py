@@ -23,6 +23,7 @@ class Script:
         self.bases = {}
         self.step = 0
         self.rewound_at = None
+        self.data_changed_at = None
 
     def feed(self, loss, grad_norm=1.0, nonfinite=0.0):
         self.signals.record(
@@ -37,6 +38,7 @@ class Script:
             dict(self.multipliers),
             dict(self.bases),
             rewound_at=self.rewound_at,
+            data_changed_at=self.data_changed_at,
         )
         proposals, self.state = self.policy.propose(view, self.state)
         for p in proposals:  # apply knob proposals as an unconstrained arbiter would
@@ -309,3 +311,37 @@ def test_a_rollback_that_turns_out_to_be_new_data_gives_its_lr_cut_back_at_once(
     assert announced.signals["batches_high"] == 4 and "data changed" in announced.reason
     # the divergence stays on record: a real one soon after counts as a repeat
     assert script.state["last_divergence"] is not None
+
+
+def test_another_policys_new_data_verdict_ends_the_check_of_the_restored_weights():
+    script = Script()  # six batches to tell new data from a burst on its own
+    for _ in range(8):
+        script.feed(3.0)
+    for i in range(60):
+        script.feed(1.0 + 0.05 * math.sin(i))
+    made = script.feed(9.0) + script.feed(9.5)  # spike, then rollback
+    assert [p.action for p in made if p.knob is None] == [Action.SKIP, Action.ROLLBACK]
+    assert Action.SKIP in [p.action for p in script.feed(9.2)]  # 1 of 6 at the restored weights
+    script.data_changed_at = script.step - 1  # e.g. the shift policy confirmed new data
+    made = script.feed(9.1)
+    assert all(p.action is Action.ADJUST for p in made)  # no skip: the step goes ahead
+    undos = [p for p in made if p.undo]
+    assert {p.group for p in undos} == set(GROUPS)
+    assert not script.state["verifying"]
+    assert sorted(script.state["losses"]) == [9.1, 9.2]  # the new level is the range now
+    # no second announcement: the guard's own verdict was not needed
+    assert not [p for p in made if p.action is Action.NEW_DATA]
+    for i in range(10):  # the new level is normal now: nothing is skipped or rolled back
+        assert all(p.action is Action.ADJUST for p in script.feed(9.0 + 0.1 * math.sin(i)))
+
+
+def test_a_data_change_announced_outside_a_check_changes_nothing():
+    script = Script()
+    for _ in range(8):
+        script.feed(3.0)
+    for i in range(60):
+        script.feed(1.0 + 0.05 * math.sin(i))
+    script.data_changed_at = script.step - 1
+    assert script.feed(1.0) == []
+    made = script.feed(9.0)  # a spike is still judged against the loss window
+    assert [p.action for p in made] == [Action.SKIP]

@@ -134,6 +134,7 @@ class StabilityGuard(Policy):
             "shifted": [],  # high losses seen at the restored weights
             "grad_outliers": [],  # log gradient norms of the outlier skips in a row
             "rewound_at": None,  # the last rewind by another policy that was followed
+            "data_since": None,  # the last data change announced (by any policy) seen
         }
 
     def propose(self, view: PolicyView, state: PolicyState) -> tuple[list[Proposal], PolicyState]:
@@ -153,6 +154,12 @@ class StabilityGuard(Policy):
         signals = view.signals
         loss = signals.fresh("loss/train", view.step)
         grad_norm = signals.fresh("grad_norm/global", view.step)
+        if view.data_changed_since(state.get("data_since")):
+            state["data_since"] = view.data_changed_at
+            if state["verifying"] and loss is not None and math.isfinite(loss):
+                # Another policy (``shift``) confirmed new data while the restored weights
+                # were being checked: that answers the question the check asks.
+                return self._accept(view, state, [*state["shifted"], loss]), state
         if signals.fresh("nonfinite/any", view.step) == 1.0:
             return self._nonfinite(view, state, loss, grad_norm)
         state["skips_in_row"] = 0
@@ -290,7 +297,6 @@ class StabilityGuard(Policy):
             return None
         shifted = [*state["shifted"], loss]
         if len(shifted) >= self.sustained_steps:
-            state.update(losses=shifted, shifted=[], verifying=False, above_in_row=0)
             announce = Proposal(
                 policy=self.name,
                 reason=(
@@ -302,7 +308,7 @@ class StabilityGuard(Policy):
                 action=Action.NEW_DATA,
                 signals={"batches_high": float(len(shifted)), "loss/train": loss},
             )
-            return [announce, *self._give_back(view, state, len(shifted))]
+            return [announce, *self._accept(view, state, shifted)]
         state["shifted"] = shifted
         why = (
             f"loss {loss:.4g} is still high at the restored known-good weights "
@@ -318,6 +324,11 @@ class StabilityGuard(Policy):
                 signals=evidence,
             )
         ]
+
+    def _accept(self, view: PolicyView, state: PolicyState, shifted: list[float]) -> list[Proposal]:
+        """End the check of the restored weights: the high losses are the new data's level."""
+        state.update(losses=shifted, shifted=[], verifying=False, above_in_row=0)
+        return self._give_back(view, state, len(shifted))
 
     def _give_back(self, view: PolicyView, state: PolicyState, batches: int) -> list[Proposal]:
         """Undo the rollback's LR cut per group: the jump was new data, not divergence."""
