@@ -186,6 +186,11 @@ class Arbiter:
         rejections: list[Rejection] = []
         by_slot: dict[tuple[Knob, str], list[Proposal]] = {}
         for proposal in proposals:
+            if proposal.action is Action.RESCALE:
+                why = _bad_rescale(proposal, groups)
+                if why is not None:
+                    rejections.append(Rejection(proposal, why))
+                    continue
             if proposal.action is not Action.ADJUST:
                 decisions.append(Decision(proposal, proposal.group, None, None))
                 continue
@@ -366,6 +371,16 @@ class Arbiter:
         # ... or before withdraw existed: the changes made until then cannot be withdrawn
         self._own.clear()  # in place: ``own_record`` is a view of this dict
         self._own.update({(Knob(k), g, p): float(v) for k, g, p, v in state.get("own", [])})
+
+
+def _bad_rescale(proposal: Proposal, groups: Sequence[str]) -> str | None:
+    """Why a rescale of the weights cannot be done (None: it can)."""
+    factor = proposal.factor
+    if factor is None or not math.isfinite(factor) or factor <= 0:
+        return f"a rescale of the weights needs a finite factor above 0, got {factor!r}"
+    if proposal.group is not None and proposal.group not in groups:
+        return f"unknown group {proposal.group!r}"
+    return None
 
 
 def _well_formed(proposal: Proposal) -> bool:

@@ -150,6 +150,7 @@ class Controller:
         self._data_changed_at: int | None = None
         # what the last rolled-back step loaded: "snapshot" (a rollback), "best" or "initial"
         self.restored_from: str | None = None
+        self.rescales = 0  # how many times a policy rescaled the weights (Action.RESCALE)
         self._pending: dict[str, torch.Tensor] = {}
         self._ctx: StepContext | None = None
         header = describe_run(
@@ -324,7 +325,7 @@ class Controller:
         self, decisions: Sequence[Decision], bases: Mapping[tuple[Knob, str], float]
     ) -> Outcome:
         outcome = Outcome.STEPPED
-        rollback_events, restore_events, restart_events = [], [], []
+        rollback_events, restore_events, restart_events, rescale_asks = [], [], [], []
         for decision in decisions:
             proposal = decision.proposal
             if proposal.action is Action.ADJUST:
@@ -372,7 +373,10 @@ class Controller:
             elif proposal.action is Action.RESTART:
                 outcome = Outcome.ROLLED_BACK
                 restart_events.append(proposal)
-        if self._shared_lr:
+            elif proposal.action is Action.RESCALE:
+                rescale_asks.append(proposal)
+                if outcome is Outcome.STEPPED:  # the gradient belongs to the weights before
+                    outcome = Outcome.SKIPPED
             self._couple_shared_lr(bases)
         if outcome is not Outcome.STEPPED:
             self._last_incident = self.step
@@ -407,7 +411,23 @@ class Controller:
                 event = _action_event(self.step, EventKind.RESTORE, proposal)
                 reason = f"{proposal.reason} ({told} {kept})"
                 self._record(dataclasses.replace(event, reason=reason))
+        for proposal in rescale_asks:  # last: it scales the weights that stay
+            self._rescale(proposal)
         return outcome
+
+    def _rescale(self, proposal: Any) -> None:
+        """Multiply the named group's trainable weights (every group's) by the factor; the
+        optimizer state stays (its moments describe the gradients' scale, not the weights')."""
+        factor = proposal.factor
+        names = self.group_names if proposal.group is None else (proposal.group,)
+        with torch.no_grad():
+            for handle in self.handles:
+                if handle.name in names:
+                    for param in _trainable(handle):
+                        param.mul_(factor)
+        self.rescales += 1
+        event = _action_event(self.step, EventKind.RESCALE, proposal)
+        self._record(dataclasses.replace(event, signals={**event.signals, "factor": factor}))
 
     def _ceilings(
         self, multipliers: Mapping[tuple[Knob, str], float] | None = None

@@ -293,6 +293,7 @@ class Regime:
                 scaler.unscale_(optimizer)  # probes must read true gradients
         data_changed_at = self._controller.data_changed_at
         bests_kept = self._controller.guard.bests_kept
+        rescales = self._controller.rescales
         outcome = self._controller.before_step(
             loss,
             closure=closure,
@@ -317,10 +318,12 @@ class Regime:
             for optimizer in self.optimizers:
                 optimizer.zero_grad(set_to_none=True)
         if self._average is not None:
-            self._follow(outcome, data_changed_at, bests_kept)
+            self._follow(outcome, data_changed_at, bests_kept, rescales)
         return outcome
 
-    def _follow(self, outcome: Outcome, data_changed_at: int | None, bests_kept: int) -> None:
+    def _follow(
+        self, outcome: Outcome, data_changed_at: int | None, bests_kept: int, rescales: int
+    ) -> None:
         """Keep the weight average in step with what this step did to the weights."""
         average = self._average
         assert average is not None
@@ -330,7 +333,11 @@ class Regime:
             average.keep()
         if outcome is Outcome.ROLLED_BACK and self._controller.restored_from == "best":
             average.recall()
-        elif outcome is Outcome.ROLLED_BACK or self._controller.data_changed_at != data_changed_at:
+        elif (
+            outcome is Outcome.ROLLED_BACK
+            or self._controller.data_changed_at != data_changed_at
+            or self._controller.rescales != rescales
+        ):
             average.restart()  # the weights jumped, or they now fit other data
         elif outcome is Outcome.STEPPED:
             average.update()

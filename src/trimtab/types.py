@@ -58,6 +58,11 @@ class Action(str, enum.Enum):
     # the data changed (not the weights): logged as a verdict; every policy sees the step
     # in ``PolicyView.data_changed_at`` and stops judging the new data by the old
     NEW_DATA = "new_data"
+    # multiply the weights of ``group`` (None: every group) by ``factor``, in place: a
+    # model that fitted old data confidently learns new data faster from smaller weights
+    # (shrink and perturb, Ash & Adams 2020); the step is dropped, since its gradient
+    # was taken at the weights before
+    RESCALE = "rescale"
 
 
 class EventKind(str, enum.Enum):
@@ -70,6 +75,7 @@ class EventKind(str, enum.Enum):
     BASE = "base"
     VERDICT = "verdict"
     RESTORE = "restore"
+    RESCALE = "rescale"
 
 
 @dataclass(frozen=True)

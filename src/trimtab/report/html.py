@@ -27,6 +27,7 @@ _EVENT_SYMBOLS = {
     "rollback": "triangle-down",
     "stop": "square",
     "restore": "star",
+    "rescale": "circle-open",
 }
 _PANELS = (
     ("loss", "loss (train and validation)", True),
