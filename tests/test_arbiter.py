@@ -327,3 +327,61 @@ def test_a_ceiling_that_follows_another_slot_follows_it_within_the_decision():
         [back], step=21, groups=groups, multipliers=mult, ceilings=cap(mult)
     )
     assert [r.proposal.policy for r in refused] == ["plateau"]  # the backbone's: capped
+
+
+def test_a_restore_returns_to_the_highest_level_held_at_once_and_no_higher():
+    arbiter = Arbiter()
+    mult: dict = {}
+
+    def decide(proposals, step, ceilings=None):
+        decisions, rejections = arbiter.arbitrate(
+            proposals, step=step, groups=("g0",), multipliers=mult, ceilings=ceilings
+        )
+        for d in decisions:
+            mult[(Knob.LR, d.group)] = d.new
+        return decisions, rejections
+
+    ramp = Proposal("early", "ramp", Priority.SPEED, knob=Knob.LR, factor=2.0)
+    decide([ramp], 0)
+    decide([ramp], 10)  # the run held x4
+    cut = Proposal("guard", "spike", Priority.SAFETY, knob=Knob.LR, factor=0.1)
+    decide([cut], 20)
+    back = Proposal("shift", "new data", Priority.SPEED, knob=Knob.LR, factor=100.0, restore=True)
+    # a step after the cut: no cooldown, no rate limit (x2 for speed), no reversal rule,
+    # but no higher than x4, the most the run has held
+    (d,), _ = decide([back], 21)
+    assert d.new == pytest.approx(4.0)
+    _, (refused,) = decide([back], 22)  # at the highest level already: nothing to restore
+    assert "nothing to restore" in refused.why
+    # an ordinary raise beyond it is new ground: it waits out the cooldown
+    _, (cooling,) = decide([ramp], 23)
+    assert "cooling down" in cooling.why
+    # a ceiling still binds, and a restore asks for no more than its own target
+    decide([cut], 40)
+    (d,), _ = decide([back], 41, ceilings={(Knob.LR, "g0"): 1.5})
+    assert d.new == pytest.approx(1.5)
+    target = Proposal("shift", "x", Priority.SPEED, knob=Knob.LR, target=2.0, restore=True)
+    (d,), _ = decide([target], 42)
+    assert d.new == pytest.approx(2.0)
+    # an empty restore supersedes nothing
+    decisions, (empty,) = decide([Proposal(**{**back.__dict__, "factor": 1.0}), ramp], 60)
+    assert "nothing to restore" in empty.why and decisions[0].proposal is ramp
+
+
+def test_the_levels_a_restore_may_reach_survive_a_resume_and_old_checkpoints_load():
+    arbiter = Arbiter()
+    ramp = Proposal("early", "ramp", Priority.SPEED, knob=Knob.LR, group="g0", factor=2.0)
+    arbiter.arbitrate([ramp], step=0, groups=("g0",), multipliers={})
+    back = Proposal(
+        "shift", "x", Priority.SPEED, knob=Knob.LR, group="g0", factor=8.0, restore=True
+    )
+    low = {(Knob.LR, "g0"): 0.5}
+    restored = Arbiter()
+    restored.load_state_dict(arbiter.state_dict())
+    (d,), _ = restored.arbitrate([back], step=1, groups=("g0",), multipliers=low)
+    assert d.new == pytest.approx(2.0)
+    old = {k: v for k, v in arbiter.state_dict().items() if k != "high"}
+    restored = Arbiter()
+    restored.load_state_dict(old)  # a checkpoint from before restore existed
+    (d,), _ = restored.arbitrate([back], step=1, groups=("g0",), multipliers=low)
+    assert d.new == pytest.approx(1.0)  # only the user's own value is known to be held

@@ -21,13 +21,16 @@ class Script:
         self.policy, self.state = policy, policy.initial_state()
         self.signals, self.step = Signals(), 0
         self.multipliers = {(Knob.LR, "g0"): 1.0, (Knob.WEIGHT_DECAY, "g0"): wd}
+        self.own = {}  # (knob, group, policy) -> accepted factors, as the arbiter keeps them
         self.made = []
 
     def feed(self, loss, alarm=0.0, refuse_lr=False):
         self.signals.record(
             self.step, {"loss/train": loss, "shift/loss_alarm": alarm, "shift/grad_alarm": 0.0}
         )
-        view = PolicyView(self.step, None, self.signals, GROUPS, dict(self.multipliers))
+        view = PolicyView(
+            self.step, None, self.signals, GROUPS, dict(self.multipliers), own=dict(self.own)
+        )
         proposals, self.state = self.policy.propose(view, self.state)
         for p in proposals:
             if p.action is not Action.ADJUST or (refuse_lr and p.knob is Knob.LR):
@@ -65,10 +68,13 @@ def test_a_lasting_step_change_raises_the_lr_once_then_returns_it_to_the_prior_l
     assert raises[0].signals["loss_after"] > 1.7 and raises[0].signals["loss_before"] < 1.1
     assert "expecting" in raises[0].reason and raises[0].signals["provisional"] == 1.0
     raised_at = next(s for s, p in script.made if p is raises[0])
-    assert raised_at == 60 + 19  # the alarm's step and 19 more: the persistence window
-    # announced with the raise, so the other policies stop judging new data by the old
+    # announced at the alarm's step and 19 more (the persistence window), so the other
+    # policies stop judging new data by the old; the raise follows their answers
     (announced,) = [(s, p) for s, p in script.made if p.action is Action.NEW_DATA]
-    assert announced[0] == raised_at and "the data changed" in announced[1].reason
+    assert announced[0] == 60 + 19 and "the data changed" in announced[1].reason
+    assert raised_at == announced[0] + 2
+    # the old level (1.0) was no fit of the data: the weights are left alone
+    assert not [p for _, p in script.made if p.action is Action.RESCALE]
     assert max(lrs) == pytest.approx(2.0)
     verdicts = [p for _, p in script.made if p.action is Action.VERDICT]
     assert len(verdicts) == 1 and "kept" in verdicts[0].reason
@@ -77,15 +83,27 @@ def test_a_lasting_step_change_raises_the_lr_once_then_returns_it_to_the_prior_l
     assert len(downs) == 4 and all(p.factor == pytest.approx(2**-0.25) for p in downs)
 
 
-@pytest.mark.parametrize("burst", [1, 3, 5])
-def test_a_short_burst_with_an_alarm_changes_nothing(burst):
+@pytest.mark.parametrize(("burst", "persistence"), [(1, 2), (1, 20), (3, 20), (5, 20), (9, 20)])
+def test_a_burst_shorter_than_half_the_window_changes_nothing(burst, persistence):
     rng = random.Random(1)
-    script = Script(Shift())
+    script = Script(Shift(persistence=persistence))
     settle(script, rng)
-    for i in range(burst):  # the fault harness's label burst or one x1e3 batch
+    for i in range(burst):  # one x1e3 batch, or the fault harness's label burst
         script.feed(1e3 if burst == 1 else 3.0, alarm=1.0 if i == 0 else 0.0)
     settle(script, rng, steps=200)
     assert script.made == [] and script.lr == 1.0
+
+
+def test_by_default_two_high_batches_in_a_row_are_a_shift():
+    """The default window is short: the policy is for data that changes, and a burst of
+    bad batches that long is taken for new data (a longer ``persistence`` tells them apart)."""
+    rng = random.Random(1)
+    script = Script(Shift())
+    settle(script, rng)
+    script.feed(3.0, alarm=1.0)
+    made = script.feed(3.1)
+    assert [p.action for p in made] == [Action.NEW_DATA]
+    assert made[0].signals["loss_after"] == 3.0  # the lower of the two
 
 
 def test_non_finite_losses_before_any_shift_are_left_to_the_guard():
@@ -141,7 +159,9 @@ def test_a_refused_raise_is_retried_for_a_while_then_given_up():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [({"raise_factor": 3.0}, "raise_factor"), ({"raise_factor": 1.0}, "raise_factor"),
-     ({"persistence": 3}, "persistence"), ({"min_rise": 0.0}, "min_rise")],
+     ({"persistence": 1}, "persistence"), ({"min_rise": 0.0}, "min_rise"),
+     ({"shrink": 0.0}, "shrink"), ({"shrink": 1.5}, "shrink"), ({"fitted": 1.0}, "fitted"),
+     ({"shrink_groups": "head"}, "shrink_groups")],
 )  # fmt: skip
 def test_bad_settings_fail_at_construction(kwargs, message):
     with pytest.raises(ConfigError, match=message):
@@ -224,3 +244,133 @@ def test_after_stale_cuts_the_raise_climbs_to_twice_the_users_lr_and_returns_to_
     assert max(lrs) == pytest.approx(2.0)  # raise_factor x the user's value, never more
     assert "stale" in ups[0].reason and ups[0].signals["peak"] == pytest.approx(8.0)
     assert script.lr == pytest.approx(0.25)  # back to the prior multiplier
+
+
+def _fitted_then_shifted(script, rng, old=1e-6, new=8.0):
+    """Losses near zero (the old data fitted), then a jump that holds."""
+    for _ in range(60):
+        script.feed(old * (1 + 0.1 * rng.gauss(0, 1)))
+    script.feed(new, alarm=1.0)
+    for _ in range(40):
+        script.feed(new * (1 + 0.05 * rng.gauss(0, 1)))
+
+
+def test_a_shift_after_fitting_the_old_data_shrinks_the_weights_once():
+    rng = random.Random(6)
+    script = Script(Shift())
+    _fitted_then_shifted(script, rng)
+    (rescale,) = [(s, p) for s, p in script.made if p.action is Action.RESCALE]
+    (announced,) = [s for s, p in script.made if p.action is Action.NEW_DATA]
+    assert rescale[0] == announced == 61  # with the confirmation, on the second high batch
+    assert rescale[1].factor == 0.3 and rescale[1].group is None
+    assert "fitted" in rescale[1].reason and "dropped" in rescale[1].reason
+    assert rescale[1].signals["loss_before"] < 1e-5 and rescale[1].signals["loss_after"] > 7
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "old", "groups"),
+    [({}, 1.0, None), ({"shrink": 1.0}, 1e-6, None), ({"fitted": 1e-8}, 1e-6, None),
+     ({"shrink_groups": ("g0",)}, 1e-6, ["g0"])],
+)  # fmt: skip
+def test_the_weights_are_shrunk_only_after_a_fit_and_only_where_asked(kwargs, old, groups):
+    rng = random.Random(7)
+    script = Script(Shift(**kwargs))
+    _fitted_then_shifted(script, rng, old=old)
+    assert [p for _, p in script.made if p.action is Action.NEW_DATA]  # a shift, each time
+    rescales = [p for _, p in script.made if p.action is Action.RESCALE]
+    assert [p.group for p in rescales] == (groups or [])
+
+
+def test_the_raise_returns_at_once_to_the_highest_lr_the_run_trained_at():
+    """An early ramp to x8, then plateau cuts to x1 on the old data: after the shift the
+    LR goes back to x8 in one restore (no new ground), not x2 by doublings."""
+    rng = random.Random(8)
+    script = Script(Shift())
+    for level in (2.0, 4.0, 8.0, 4.0, 2.0, 1.0):
+        script.multipliers[(Knob.LR, "g0")] = level
+        settle(script, rng, steps=10)
+    script.feed(3.0, alarm=1.0)
+    for i in range(200):
+        script.feed(3.0 * max(0.3, 1 - i / 60) + 0.02 * rng.gauss(0, 1))
+    ups = [(s, p) for s, p in script.made if p.knob is Knob.LR and p.factor > 1]
+    (restore,) = [(s, p) for s, p in ups if p.restore]
+    assert restore[0] == 61 + 2 and restore[1].factor == pytest.approx(8.0)
+    assert "highest level the run trained at" in restore[1].reason
+    assert len(ups) == 1  # x8 is already above 2x the user's LR: no climb beyond it
+    assert script.lr == pytest.approx(1.0)  # and it decays back to the prior level
+
+
+def test_a_level_that_ended_in_a_guard_cut_is_not_returned_to():
+    rng = random.Random(9)
+    script = Script(Shift())
+    script.multipliers[(Knob.LR, "g0")] = 16.0
+    settle(script, rng, steps=10)
+    # the guard cut it: a divergence at x16; the ramp then reached x4 at most
+    script.own[(Knob.LR, "g0", "stability_guard")] = 0.25
+    script.multipliers[(Knob.LR, "g0")] = 4.0
+    settle(script, rng, steps=10)
+    script.multipliers[(Knob.LR, "g0")] = 1.0  # plateau cuts
+    settle(script, rng, steps=40)
+    script.feed(3.0, alarm=1.0)
+    for i in range(10):
+        script.feed(3.0 - 0.1 * i)
+    (restore,) = [p for _, p in script.made if p.restore]
+    assert restore.factor == pytest.approx(4.0)
+
+
+def _fitted_stream_recovery(policies, seed=0, steps=400, shift_at=200):
+    """Steps after a shift until the held-out accuracy on the new data is back within a
+    point of its level before it, on far-apart classes the model fits to near zero loss."""
+    gen = torch.Generator().manual_seed(seed)
+    centres = torch.randn(4, 10, generator=gen) * 3.0
+    rotation, _ = torch.linalg.qr(torch.randn(10, 10, generator=gen))
+    offset = torch.randn(10, generator=gen) * 3.0
+
+    def draw(n, shifted, g):
+        y = torch.randint(4, (n,), generator=g)
+        x = centres[y] + torch.randn(n, 10, generator=g)
+        return (x @ rotation + offset if shifted else x), y
+
+    held = {s: draw(500, s, torch.Generator().manual_seed(99 + s)) for s in (False, True)}
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(10, 64), torch.nn.ReLU(), torch.nn.Linear(64, 64), torch.nn.ReLU(),
+        torch.nn.Linear(64, 4),
+    )  # fmt: skip
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    regime = trimtab.Regime(model, opt, total_steps=steps, policies=policies)
+
+    def accuracy(shifted):
+        with torch.no_grad():
+            x, y = held[shifted]
+            return (model(x).argmax(1) == y).float().mean().item()
+
+    before, back = None, None
+    for step in range(steps):
+        x, y = draw(64, step >= shift_at, torch.Generator().manual_seed(seed * 7919 + step))
+        regime.backward(torch.nn.functional.cross_entropy(model(x), y))
+        regime.step()
+        if (step + 1) % 10 == 0:
+            with torch.no_grad():
+                x, y = held[step >= shift_at]
+                regime.observe(val_loss=torch.nn.functional.cross_entropy(model(x), y).item())
+        if step + 1 == shift_at:
+            before = accuracy(False)
+        elif step + 1 > shift_at and back is None and accuracy(True) >= before - 0.01:
+            back = step + 1 - shift_at
+    regime.close()
+    return regime, before, back
+
+
+def test_on_a_fitted_stream_the_shift_policy_shrinks_restores_and_recovers_sooner():
+    defaults = trimtab.policies.DEFAULT_POLICIES
+    regime, before, back = _fitted_stream_recovery((*defaults, "shift"))
+    _, _, plain = _fitted_stream_recovery(defaults)
+    assert before > 0.99 and back is not None and plain is not None
+    kinds = [(e.policy, e.kind.value) for e in regime.events if e.step >= 195]
+    assert ("shift", "rescale") in kinds
+    # the guard stops checking the restored weights on the shift's word: none of its
+    # skips comes after the shift policy's verdict
+    verdict = next(i for i, e in enumerate(regime.events) if e.policy == "shift")
+    assert not [e for e in regime.events[verdict:] if e.kind.value == "skip"]
+    assert back < plain, (back, plain)

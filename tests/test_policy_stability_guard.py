@@ -329,6 +329,7 @@ def test_another_policys_new_data_verdict_ends_the_check_of_the_restored_weights
     assert {p.group for p in undos} == set(GROUPS)
     assert not script.state["verifying"]
     assert sorted(script.state["losses"]) == [9.1, 9.2]  # the new level is the range now
+    assert script.state["log_grad_norms"] == []  # and the old data's gradients are no range
     # no second announcement: the guard's own verdict was not needed
     assert not [p for p in made if p.action is Action.NEW_DATA]
     for i in range(10):  # the new level is normal now: nothing is skipped or rolled back

@@ -162,6 +162,8 @@ class Arbiter:
         # withdraw divides out, and what a policy that gives back its own cuts reads)
         self._own: dict[tuple[Knob, str, str], float] = {}
         self.own_record: Mapping[tuple[Knob, str, str], float] = MappingProxyType(self._own)
+        # (knob, group) -> the highest multiplier the slot has held (what a restore may reach)
+        self._high: dict[tuple[Knob, str], float] = {}
 
     def arbitrate(
         self,
@@ -224,9 +226,9 @@ class Arbiter:
                 ceiling = after.get(slot)
             contenders, checked = [], {}
             for proposal in by_slot[slot]:
-                # an undo or a withdraw with nothing to take back asks for nothing, so it
-                # must not supersede a proposal that asks for something
-                if proposal.undo or proposal.withdraw:
+                # an undo, withdraw or restore with nothing to take back asks for nothing,
+                # so it must not supersede a proposal that asks for something
+                if proposal.undo or proposal.withdraw or proposal.restore:
                     checked[id(proposal)] = verdict = self._limit(
                         proposal, slot, old, step, ceiling
                     )
@@ -252,6 +254,7 @@ class Arbiter:
                 continue
             decisions.append(Decision(winner, slot[1], old, verdict))
             decided[slot] = verdict
+            self._high[slot] = max(self._high.get(slot, 1.0), old, verdict)
             direction = 1 if verdict > old else -1
             self._last[slot] = (step, direction, int(winner.priority), winner.policy)
             self._before[slot] = old
@@ -275,6 +278,8 @@ class Arbiter:
             return self._undo(proposal, slot, old, step, last)
         if proposal.withdraw:
             return self._withdraw(proposal, slot, old, ceiling)
+        if proposal.restore:
+            return self._restore(proposal, slot, old, ceiling)
         urgent = proposal.priority is Priority.SAFETY
         if last is not None and not urgent and step - last[0] < cfg.cooldown:
             return f"{knob.value}/{group} is cooling down (moved at step {last[0]})"
@@ -352,12 +357,36 @@ class Arbiter:
             return f"nothing of {proposal.policy}'s to withdraw on {knob.value}/{group}"
         return new
 
+    def _restore(
+        self, proposal: Proposal, slot: tuple[Knob, str], old: float, ceiling: float | None
+    ):
+        """Move the knob up, at most to the highest multiplier the slot has held.
+
+        A level the run already trained at is no new ground (new data that needs steps of
+        the size that trained the old data), so the cooldown and the rate limit do not
+        apply; the bounds and a ceiling still do.
+        """
+        knob, group = slot
+        wanted = _wanted(proposal, old)
+        if not math.isfinite(wanted) or wanted <= 0:
+            return f"asked for a non-finite or non-positive multiplier ({wanted})"
+        high = max(self._high.get(slot, 1.0), 1.0)
+        b_low, b_high = self._bounds(knob, ceiling)
+        new = min(wanted, high, b_high)
+        if new <= old * math.exp(self.config.epsilon):
+            return (
+                f"nothing to restore on {knob.value}/{group}: {old:.4g} is at or above the "
+                f"asked {wanted:.4g} or the highest level it held ({high:.4g})"
+            )
+        return max(new, b_low)
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "version": STATE_VERSION,
             "last": [[k.value, g, *v] for (k, g), v in sorted(self._last.items())],
             "before": [[k.value, g, v] for (k, g), v in sorted(self._before.items())],
             "own": [[k.value, g, p, v] for (k, g, p), v in sorted(self._own.items())],
+            "high": [[k.value, g, v] for (k, g), v in sorted(self._high.items())],
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -371,6 +400,8 @@ class Arbiter:
         # ... or before withdraw existed: the changes made until then cannot be withdrawn
         self._own.clear()  # in place: ``own_record`` is a view of this dict
         self._own.update({(Knob(k), g, p): float(v) for k, g, p, v in state.get("own", [])})
+        # ... or before restore existed: the levels held until then are not known
+        self._high = {(Knob(k), g): float(v) for k, g, v in state.get("high", [])}
 
 
 def _bad_rescale(proposal: Proposal, groups: Sequence[str]) -> str | None:

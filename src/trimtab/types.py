@@ -102,6 +102,10 @@ class Proposal:
     # stay None): the knob returns to what the other policies' changes alone made it,
     # exempt from the cooldown and the rate limit like ``undo``
     withdraw: bool = False
+    # moves the knob up toward a level it held before: the arbiter clamps it at the
+    # highest multiplier the slot has held, so it breaks no new ground and is exempt from
+    # the cooldown, the rate limit and the reversal rule like ``undo``
+    restore: bool = False
 
 
 @dataclass(frozen=True)

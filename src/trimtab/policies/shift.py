@@ -1,64 +1,75 @@
-"""Shift: when the data distribution changes for good, a bounded LR raise, then a return.
+"""Shift: when the data distribution changes for good, relearn fast, then return.
 
 The ``shift`` probe's Page-Hinkley detectors (per-batch loss, log gradient norm) only
-say that something moved. A label-shuffled burst or one x1e3 batch moves them too, so an
-alarm opens a *candidate* only: the policy keeps the training losses of the
-``persistence`` steps that follow and confirms the shift when their median stays above
-the pre-alarm median by more than ``min_rise`` of it and by ``z`` robust deviations of
-the pre-alarm losses. A burst shorter than half the window cannot move that median.
+say that something moved. One x1e3 batch moves them too, so an alarm opens a
+*candidate* only: the policy keeps the training losses of the ``persistence`` steps
+that follow and confirms the shift when their lower median stays above the pre-alarm
+median by more than ``min_rise`` of it and by ``z`` robust deviations of the pre-alarm
+losses. A burst shorter than half the window cannot move that median. The default
+window is short (2): this policy is for data that changes, so two high batches in a
+row are taken for new data, and a burst of bad batches that long is too; a longer
+``persistence`` tells bursts from shifts, at the price of relearning later.
 
 On a confirmed shift:
 
-1. the learning rate is raised to ``raise_factor`` times the larger of its current
-   multiplier and the user's own value (provisional, at speed priority, in steps of at
-   most ``raise_factor`` while the LR is not cooling down): the weights sit far from the
-   new optimum and larger steps reach it sooner, and LR cuts made on the old data (a
-   plateau, a rewind, the guard's cut when it read the jump as divergence) describe a
-   landscape that is gone. So the peak is bounded by ``raise_factor`` x the user's LR
-   (or x the current one, when that is higher). The
-   expectation is stated: after ``verdict_after`` steps the median training loss must
-   be below its level at confirmation by ``min_rise`` of it; else the whole remaining
-   raise is taken back at once;
-2. kept, the raise decays back to the prior multiplier in ``decay_steps`` equal
+1. if the old data was fitted (its median loss below ``fitted`` x the new level), the
+   weights of ``shrink_groups`` (default: every group) are scaled by ``shrink``
+   (``Action.RESCALE``; the step is dropped). Such a model is confidently wrong on the
+   new data: its saturated outputs pass back little gradient, and its logits must
+   shrink before they can turn. Smaller weights keep their directions (what was
+   learned) and relearn much faster: shrink and perturb (Ash & Adams, 2020), without
+   the perturbation;
+2. the learning rate is raised, provisionally, to the larger of ``raise_factor`` x the
+   user's value and the highest multiplier the run trained at since the guard's last
+   cut: the weights sit far from the new optimum, and LR cuts made on the old data (a
+   plateau, the guard's cut when it read the jump as divergence) describe a landscape
+   that is gone. The raise starts two steps after the announcement, on what the other
+   policies' answers left (the plateau withdraws its old-data cuts); a return to a level
+   the run held is one restore (``Proposal.restore``: no rate limit), the rest climbs
+   in steps of at most ``raise_factor`` as the cooldown allows. A level that ended in
+   a divergence (the guard cut it) is never returned to. The expectation is stated:
+   after ``verdict_after`` steps the median training loss must be below its level at
+   confirmation by ``min_rise`` of it; else the whole remaining raise is taken back;
+3. kept, the raise decays back to the prior multiplier in ``decay_steps`` equal
    factors, one every ``decay_every`` steps: the raise is relative, so cuts another
    policy made meanwhile are kept;
-3. a weight decay raised above the user's value (the regularization policy's answer
+4. a weight decay raised above the user's value (the regularization policy's answer
    to memorizing the *old* distribution) is brought back to the user's value: that
    evidence no longer describes the data, and decay pulls the weights toward zero while
    they need to move. It is not raised again afterwards; if the new data is memorized,
    the regularization policy will find that on its own.
 
 A confirmed shift is announced (``Action.NEW_DATA``), so the other policies stop judging
-the new data by the old: the plateau withdraws its old-data cuts, after which the raise
-stands on the run's own level (at most ``raise_factor`` times it, as when the guard
-announced the change first and the withdrawal came before the confirmation).
-
-The stability guard acts first on a lasting jump (it may roll back, cut the LR and then
-accept the new level as a data change): its cut is more urgent, so the arbiter refuses
-the raise as a reversal within its window, and the guard's own ramp back keeps the LR
-cooling down. The policy retries once the LR has stood still for ``quiet`` steps, for
-``retry_for`` steps after confirmation, and gives up after that (a late raise helps
-nobody). So the raise adds to the guard's recovery and never fights it.
+the new data by the old. The stability guard usually acts first on the jump (it skips
+the first high batch and rolls back on the second); the announcement ends its check of
+the restored weights, which would otherwise skip batches until it calls the change
+itself. A raise the arbiter refuses is retried once the LR has stood still for
+``quiet`` steps, for ``retry_for`` steps after confirmation, and given up after that (a
+late raise helps nobody).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 from trimtab import _checks, stats
 from trimtab.errors import ConfigError
 from trimtab.policies.base import Policy, PolicyState, PolicyView
+from trimtab.policies.stability_guard import StabilityGuard
 from trimtab.types import Action, Knob, Priority, Proposal
 
 _BASELINE = 48  # pre-alarm training losses kept as the old level
+_RESTORE_MIN = 1.02  # a return smaller than this is left to the ordinary raise
 
 
 class Shift(Policy):
-    """Confirm a lasting distribution shift, raise the LR for a while, then return.
+    """Confirm a lasting distribution shift, relearn fast, then return.
 
     Args:
-        persistence: steps after an alarm whose median loss must stay at the new level.
+        persistence: steps after an alarm whose lower median loss must stay at the new
+            level (at least 2).
         min_rise: relative rise of that median over the pre-alarm median that counts
             as a new level (also the fall the raise is expected to bring).
         z: robust deviations of the pre-alarm losses the rise must exceed too.
@@ -70,6 +81,11 @@ class Shift(Policy):
         min_gap: steps after the end of one adaptation before a new alarm counts.
         quiet: steps the LR must have stood still before a refused raise is retried
             (the arbiter's cooldown: asking sooner is refused again).
+        shrink: factor on the weights at a shift after a fit, in (0, 1]; 1 keeps them.
+        fitted: the old data counts as fitted when its median loss is below this
+            fraction of the new level.
+        shrink_groups: the groups whose weights are shrunk (default: every group); leave
+            a pretrained backbone out where its scale matters.
     """
 
     name = "shift"
@@ -79,7 +95,7 @@ class Shift(Policy):
     def __init__(
         self,
         *,
-        persistence: int = 20,
+        persistence: int = 2,
         min_rise: float = 0.1,
         z: float = 3.0,
         raise_factor: float = 2.0,
@@ -89,8 +105,11 @@ class Shift(Policy):
         retry_for: int = 120,
         quiet: int = 10,
         min_gap: int = 50,
+        shrink: float = 0.3,
+        fitted: float = 1e-3,
+        shrink_groups: Sequence[str] | None = None,
     ) -> None:
-        self.persistence = _checks.count("persistence", persistence, minimum=6)
+        self.persistence = _checks.count("persistence", persistence, minimum=2)
         self.min_rise = _checks.positive("min_rise", min_rise)
         self.z = _checks.positive("z", z)
         self.raise_factor = _checks.positive("raise_factor", raise_factor)
@@ -102,6 +121,17 @@ class Shift(Policy):
         self.retry_for = _checks.count("retry_for", retry_for, minimum=0)
         self.min_gap = _checks.count("min_gap", min_gap, minimum=0)
         self.quiet = _checks.count("quiet", quiet, minimum=0)
+        self.shrink = _checks.positive("shrink", shrink)
+        if self.shrink > 1.0:
+            raise ConfigError(f"shrink must be in (0, 1] (1 keeps the weights), got {shrink}")
+        self.fitted = _checks.in_open_unit("fitted", fitted)
+        if shrink_groups is not None and (
+            isinstance(shrink_groups, str) or not all(isinstance(g, str) for g in shrink_groups)
+        ):
+            raise ConfigError(
+                f"shrink_groups must be a sequence of group names, got {shrink_groups!r}"
+            )
+        self.shrink_groups = None if shrink_groups is None else tuple(shrink_groups)
 
     def settings(self) -> dict[str, Any]:
         keys = [
@@ -115,6 +145,9 @@ class Shift(Policy):
             "retry_for",
             "min_gap",
             "quiet",
+            "shrink",
+            "fitted",
+            "shrink_groups",
         ]
         return {k: getattr(self, k) for k in keys}
 
@@ -136,17 +169,29 @@ class Shift(Policy):
             "ended": None,
             "lrs": None,  # LR multipliers last seen, and when they last changed
             "lr_moved": -(10**9),
+            # per group: the highest LR multiplier trained at since the guard's last cut
+            # (a level that ended in a divergence is no level to return to)
+            "high": {},
+            "guard": {},  # per group: the guard's own LR factor last seen
+            "raise_from": None,  # first step of the raise: after the others' answers
         }
 
     # -- the pure rule ------------------------------------------------------------------
     def propose(self, view: PolicyView, state: PolicyState) -> tuple[list[Proposal], PolicyState]:
-        state = {**state, "baseline": list(state["baseline"]), "after": list(state["after"])}
+        state = {
+            **state,
+            "baseline": list(state["baseline"]),
+            "after": list(state["after"]),
+            "high": dict(state.get("high", {})),
+            "guard": dict(state.get("guard", {})),
+        }
         lrs = [view.multiplier(Knob.LR, g) for g in view.groups]
         if lrs != state["lrs"]:  # someone moved the LR: the arbiter's cooldown runs
             state.update(lrs=lrs, lr_moved=view.step)
         loss = view.signals.fresh("loss/train", view.step)
         finite = loss is not None and math.isfinite(loss)
         if state["phase"] == "idle":
+            self._track_high(view, state)
             alarm = any(
                 (view.signals.fresh(f"shift/{s}_alarm", view.step) or 0.0) > 0.5
                 for s in ("loss", "grad")
@@ -173,15 +218,16 @@ class Shift(Policy):
             return []
         before = state["baseline"]
         old, spread = stats.robust_range(before)
-        new = stats.median(after[-self.persistence :])
+        # the lower median: more than half of the window must be at the new level, so
+        # one high batch in a window of two is not a shift
+        window = sorted(after[-self.persistence :])
+        new = window[(len(window) - 1) // 2]
         needed = max(self.min_rise * abs(old), self.z * spread)
         evidence = {"loss_before": old, "loss_after": new, "needed_rise": needed}
         if new - old <= needed:
             # a blip or a burst: the old level stands, and the window becomes history
             state.update(phase="idle", after=[], baseline=[*before, *after][-_BASELINE:])
             return []
-        prior = min(view.multiplier(Knob.LR, g) for g in view.groups)
-        peak = self.raise_factor * max(prior, 1.0)
         state.update(
             phase="raising",
             confirmed_step=view.step,
@@ -189,8 +235,10 @@ class Shift(Policy):
             after=[],
             verdict=False,
             owed=0.0,
-            peak=peak,
+            peak=None,  # set when the raise starts, on the level the others' answers left
             raised_step=None,
+            raise_from=view.step + 2,
+            evidence=evidence,
         )
         announce = Proposal(
             policy=self.name,
@@ -204,20 +252,66 @@ class Shift(Policy):
             action=Action.NEW_DATA,
             signals=evidence,
         )
-        return [announce, self._raise(view, state, evidence), *self._rebalance(view, evidence)]
+        return [announce, *self._rescale(old, new), *self._rebalance(view, evidence)]
+
+    def _track_high(self, view: PolicyView, state: PolicyState) -> None:
+        for group in view.groups:
+            current = view.multiplier(Knob.LR, group)
+            guard = view.own_factor(StabilityGuard.name, Knob.LR, group)
+            cut = guard < state["guard"].get(group, guard) * (1 - 1e-9)
+            known = state["high"].get(group, current)
+            state["high"][group] = current if cut else max(known, current)
+            state["guard"][group] = guard
+
+    def _rescale(self, old: float, new: float) -> list[Proposal]:
+        """Shrink the weights when the old data was fitted to a small fraction of the new
+        loss: such a model is confidently wrong on the new data, its saturated outputs
+        pass back little gradient, and smaller weights relearn faster (shrink and
+        perturb, Ash & Adams 2020, without the perturbation: directions are kept)."""
+        if self.shrink >= 1.0 or old < 0 or new <= 0 or old > self.fitted * new:
+            return []
+        reason = (
+            f"distribution shift: the old data was fitted (median loss {old:.4g}, below "
+            f"{self.fitted:g} x the new level {new:.4g}), so the model is confidently wrong "
+            f"on the new data; its weights are scaled by {self.shrink:g} to learn again "
+            "faster, and this step's update (taken at the weights before) is dropped"
+        )
+        signals = {"loss_before": old, "loss_after": new, "factor": self.shrink}
+        groups = self.shrink_groups or (None,)
+        return [
+            Proposal(
+                policy=self.name,
+                reason=reason,
+                priority=Priority.REGULARIZATION,
+                action=Action.RESCALE,
+                group=group,
+                factor=self.shrink,
+                signals=signals,
+            )
+            for group in groups
+        ]
 
     def _raise(self, view: PolicyView, state: PolicyState, evidence: dict[str, float]) -> Proposal:
         # relative to the multiplier now: another policy's moves since (the guard's ramp
         # back) count toward the peak, which stays an absolute bound
         current = min(view.multiplier(Knob.LR, g) for g in view.groups)
-        factor = min(self.raise_factor, state["peak"] / current)
+        # one factor for every group that takes none above the highest level it trained at
+        held = min(state["high"].get(g, 1.0) / view.multiplier(Knob.LR, g) for g in view.groups)
+        restore = held > _RESTORE_MIN
+        factor = min(held if restore else self.raise_factor, state["peak"] / current)
         state["pending"] = {
             "before": {g: view.multiplier(Knob.LR, g) for g in view.groups},
             "factor": factor,
         }
         state["last_move"] = view.step
         peak = state["peak"] / current
-        if state["owed"] > 0:
+        if restore:
+            how = (
+                f"lr x{factor:.3g} at once, back to the highest level the run trained at since "
+                "the guard's last cut (a level it held: no rate limit), towards multiplier "
+                f"{state['peak']:.3g}"
+            )
+        elif state["owed"] > 0:
             return Proposal(
                 policy=self.name,
                 reason=(
@@ -230,6 +324,8 @@ class Shift(Policy):
                 factor=factor,
                 signals={"level": state["level"], "provisional": 1.0},
             )
+        else:
+            how = f"lr x{peak:.3g} in steps of at most x{self.raise_factor:g}"
         return Proposal(
             policy=self.name,
             reason=(
@@ -237,16 +333,16 @@ class Shift(Policy):
                 f"{evidence['loss_before']:.4g} to {evidence['loss_after']:.4g} and held there "
                 f"for {self.persistence} steps after the detector's alarm at step "
                 f"{state['alarm_step']} (rise needed {evidence['needed_rise']:.3g}); "
-                f"provisional lr x{peak:.3g} in steps of at most x{self.raise_factor:g} (to "
-                f"{self.raise_factor:g}x the larger of the user's LR and the current one: "
-                f"cuts made for the old data are stale), expecting the median loss of the next "
-                f"{self.verdict_after} steps to fall below "
-                f"{state['level'] * (1 - self.min_rise):.4g}, else reverted; it decays back "
-                f"in {self.decay_steps} steps of {self.decay_every}"
+                f"provisional {how} (the larger of {self.raise_factor:g}x the user's LR and "
+                "the highest LR the run trained at: cuts made for the old data are stale), "
+                f"expecting the median loss of the next {self.verdict_after} steps to fall "
+                f"below {state['level'] * (1 - self.min_rise):.4g}, else reverted; it decays "
+                f"back in {self.decay_steps} steps of {self.decay_every}"
             ),
             priority=Priority.SPEED,
             knob=Knob.LR,
             factor=factor,
+            restore=restore,
             signals={**evidence, "peak": peak, "provisional": 1.0},
         )
 
@@ -308,6 +404,14 @@ class Shift(Policy):
                 if state["owed"] <= 1e-9:
                     state.update(phase="idle", ended=view.step, after=[], baseline=[])
                     return []
+        if state["phase"] == "raising" and state["peak"] is None:
+            # The other policies answer the data change on the step after it is announced
+            # (the plateau withdraws its old-data cuts): the raise starts on what they leave.
+            if view.step < state["raise_from"]:
+                return []
+            high = min(state["high"].get(g, 1.0) for g in view.groups)
+            state["peak"] = max(self.raise_factor, high)
+            return [self._raise(view, state, state["evidence"])]
         if state["phase"] == "raising" and view.step - state["confirmed_step"] > self.retry_for:
             if state["owed"] <= 0:
                 state.update(phase="idle", ended=view.step, after=[], baseline=[])

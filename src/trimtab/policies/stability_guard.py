@@ -326,8 +326,16 @@ class StabilityGuard(Policy):
         ]
 
     def _accept(self, view: PolicyView, state: PolicyState, shifted: list[float]) -> list[Proposal]:
-        """End the check of the restored weights: the high losses are the new data's level."""
-        state.update(losses=shifted, shifted=[], verifying=False, above_in_row=0)
+        """End the check of the restored weights: the high losses are the new data's level,
+        and the old data's gradient norms are no range for the new data's."""
+        state.update(
+            losses=shifted,
+            shifted=[],
+            verifying=False,
+            above_in_row=0,
+            log_grad_norms=[],
+            grad_outliers=[],
+        )
         return self._give_back(view, state, len(shifted))
 
     def _give_back(self, view: PolicyView, state: PolicyState, batches: int) -> list[Proposal]:
