@@ -195,7 +195,7 @@ def write_section(path: Path, lines: list[str], args: argparse.Namespace, second
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", default="benchmarks/RESULTS.md")
-    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--every", type=int, default=10)
     parser.add_argument("--lrs", type=float, nargs="+", default=list(LRS))
