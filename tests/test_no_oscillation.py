@@ -251,7 +251,7 @@ def test_the_extra_policies_see_their_signals_in_the_oscillation_drive():
 def test_the_shift_policy_adds_no_oscillation_under_stationary_noise(seed):
     """Noise never gets through its persistence window: the knobs move exactly as they do
     without the shift policy. Nor do 3-batch bursts that fire the detector, with a window
-    that tells them from shifts (the default window of 2 takes them for new data)."""
+    that tells them from shifts (the default window of 3 takes them for new data)."""
     moves, _, actions = drive(seed, extra=("shift",))
     baseline, _, _ = drive(seed)
     assert moves == baseline  # no shift raise, decay or weight-decay move on noise

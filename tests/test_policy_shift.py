@@ -83,7 +83,9 @@ def test_a_lasting_step_change_raises_the_lr_once_then_returns_it_to_the_prior_l
     assert len(downs) == 4 and all(p.factor == pytest.approx(2**-0.25) for p in downs)
 
 
-@pytest.mark.parametrize(("burst", "persistence"), [(1, 2), (1, 20), (3, 20), (5, 20), (9, 20)])
+@pytest.mark.parametrize(
+    ("burst", "persistence"), [(1, 3), (2, 3), (1, 20), (3, 20), (5, 20), (9, 20)]
+)
 def test_a_burst_shorter_than_half_the_window_changes_nothing(burst, persistence):
     rng = random.Random(1)
     script = Script(Shift(persistence=persistence))
@@ -94,16 +96,32 @@ def test_a_burst_shorter_than_half_the_window_changes_nothing(burst, persistence
     assert script.made == [] and script.lr == 1.0
 
 
-def test_by_default_two_high_batches_in_a_row_are_a_shift():
+def test_by_default_three_high_batches_in_a_row_are_a_shift():
     """The default window is short: the policy is for data that changes, and a burst of
     bad batches that long is taken for new data (a longer ``persistence`` tells them apart)."""
     rng = random.Random(1)
     script = Script(Shift())
     settle(script, rng)
     script.feed(3.0, alarm=1.0)
+    assert script.feed(3.2) == []
     made = script.feed(3.1)
     assert [p.action for p in made] == [Action.NEW_DATA]
-    assert made[0].signals["loss_after"] == 3.0  # the lower of the two
+    assert made[0].signals["loss_after"] == 3.1  # the lower median of the three
+
+
+@pytest.mark.parametrize("persistence", [3, 5])
+def test_a_normal_loss_at_the_restored_weights_is_no_shift(persistence):
+    """Two high batches, then the guard's rollback: the restored weights read a normal
+    loss, so the weights had diverged and the data is what it was."""
+    rng = random.Random(1)
+    script = Script(Shift(persistence=persistence))
+    settle(script, rng)
+    script.feed(3.0, alarm=1.0)
+    for _ in range(persistence - 2):
+        script.feed(3.2)
+    script.feed(1.0)  # the lower median is still high, the latest loss is not
+    settle(script, rng, steps=100)
+    assert script.made == [] and script.lr == 1.0
 
 
 def test_non_finite_losses_before_any_shift_are_left_to_the_guard():
@@ -261,7 +279,7 @@ def test_a_shift_after_fitting_the_old_data_shrinks_the_weights_once():
     _fitted_then_shifted(script, rng)
     (rescale,) = [(s, p) for s, p in script.made if p.action is Action.RESCALE]
     (announced,) = [s for s, p in script.made if p.action is Action.NEW_DATA]
-    assert rescale[0] == announced == 61  # with the confirmation, on the second high batch
+    assert rescale[0] == announced == 62  # with the confirmation, on the third high batch
     assert rescale[1].factor == 0.3 and rescale[1].group is None
     assert "fitted" in rescale[1].reason and "dropped" in rescale[1].reason
     assert rescale[1].signals["loss_before"] < 1e-5 and rescale[1].signals["loss_after"] > 7
@@ -294,7 +312,7 @@ def test_the_raise_returns_at_once_to_the_highest_lr_the_run_trained_at():
         script.feed(3.0 * max(0.3, 1 - i / 60) + 0.02 * rng.gauss(0, 1))
     ups = [(s, p) for s, p in script.made if p.knob is Knob.LR and p.factor > 1]
     (restore,) = [(s, p) for s, p in ups if p.restore]
-    assert restore[0] == 61 + 2 and restore[1].factor == pytest.approx(8.0)
+    assert restore[0] == 62 + 2 and restore[1].factor == pytest.approx(8.0)
     assert "highest level the run trained at" in restore[1].reason
     assert len(ups) == 1  # x8 is already above 2x the user's LR: no climb beyond it
     assert script.lr == pytest.approx(1.0)  # and it decays back to the prior level

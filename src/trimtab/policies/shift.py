@@ -3,12 +3,16 @@
 The ``shift`` probe's Page-Hinkley detectors (per-batch loss, log gradient norm) only
 say that something moved. One x1e3 batch moves them too, so an alarm opens a
 *candidate* only: the policy keeps the training losses of the ``persistence`` steps
-that follow and confirms the shift when their lower median stays above the pre-alarm
-median by more than ``min_rise`` of it and by ``z`` robust deviations of the pre-alarm
-losses. A burst shorter than half the window cannot move that median. The default
-window is short (2): this policy is for data that changes, so two high batches in a
-row are taken for new data, and a burst of bad batches that long is too; a longer
-``persistence`` tells bursts from shifts, at the price of relearning later.
+(the alarm's own included) and confirms the shift when their lower median, and the
+latest of them, stay above the pre-alarm median by more than ``min_rise`` of it and by
+``z`` robust deviations of the pre-alarm losses. A burst shorter than half the window
+cannot move that median. The default window is short (3): this policy is for data that
+changes, so three high batches in a row are taken for new data, and a burst of bad
+batches that long is too; a longer ``persistence`` tells bursts from shifts, at the
+price of relearning later. Three, because the stability guard skips the first high
+batch and rolls back on the second: the third is read at the restored known-good
+weights, and a normal loss there means the weights had diverged (then the guard's cut
+must stand), not that the data changed.
 
 On a confirmed shift:
 
@@ -68,8 +72,8 @@ class Shift(Policy):
     """Confirm a lasting distribution shift, relearn fast, then return.
 
     Args:
-        persistence: steps after an alarm whose lower median loss must stay at the new
-            level (at least 2).
+        persistence: losses from the alarm's on whose lower median, and the latest, must
+            stay at the new level (at least 2).
         min_rise: relative rise of that median over the pre-alarm median that counts
             as a new level (also the fall the raise is expected to bring).
         z: robust deviations of the pre-alarm losses the rise must exceed too.
@@ -95,7 +99,7 @@ class Shift(Policy):
     def __init__(
         self,
         *,
-        persistence: int = 2,
+        persistence: int = 3,
         min_rise: float = 0.1,
         z: float = 3.0,
         raise_factor: float = 2.0,
@@ -218,13 +222,14 @@ class Shift(Policy):
             return []
         before = state["baseline"]
         old, spread = stats.robust_range(before)
-        # the lower median: more than half of the window must be at the new level, so
-        # one high batch in a window of two is not a shift
+        # the lower median: more than half of the window must be at the new level; and
+        # the latest loss too: after two high batches the guard rolls back, and a normal
+        # loss at the restored weights says the weights had diverged, not the data
         window = sorted(after[-self.persistence :])
         new = window[(len(window) - 1) // 2]
         needed = max(self.min_rise * abs(old), self.z * spread)
         evidence = {"loss_before": old, "loss_after": new, "needed_rise": needed}
-        if new - old <= needed:
+        if new - old <= needed or after[-1] - old <= needed:
             # a blip or a burst: the old level stands, and the window becomes history
             state.update(phase="idle", after=[], baseline=[*before, *after][-_BASELINE:])
             return []
