@@ -40,6 +40,17 @@ from trimtab.types import (
 STATE_VERSION = 1
 
 
+@dataclasses.dataclass
+class StepEffects:
+    """What one step did to the weights besides the optimizer's update, for whoever
+    keeps a copy of them (the weight average): reset at every ``before_step``."""
+
+    restored: str | None = None  # loaded "snapshot" (a rollback), "best" or "initial"
+    rescaled: bool = False  # a policy multiplied weights (Action.RESCALE)
+    kept_best: bool = False  # the weights were kept as the best so far
+    data_changed: bool = False  # a policy found that the data changed (Action.NEW_DATA)
+
+
 class Controller:
     """Owns the signals, policies, arbiter, actuator, guard and audit trail of one run.
 
@@ -148,9 +159,7 @@ class Controller:
         self._last_incident = -(10**9)
         self._rewound_at: int | None = None
         self._data_changed_at: int | None = None
-        # what the last rolled-back step loaded: "snapshot" (a rollback), "best" or "initial"
-        self.restored_from: str | None = None
-        self.rescales = 0  # how many times a policy rescaled the weights (Action.RESCALE)
+        self.effects = StepEffects()  # what the last step did to the weights, besides stepping
         self._pending: dict[str, torch.Tensor] = {}
         self._ctx: StepContext | None = None
         header = describe_run(
@@ -194,6 +203,7 @@ class Controller:
         """
         if self._ctx is not None:
             raise RuntimeError("before_step called twice without after_step")
+        self.effects = StepEffects()
         groups = [GroupView(h.name, _trainable(h)) for h in self.handles]
         ctx = StepContext(
             step=self.step,
@@ -359,6 +369,7 @@ class Controller:
                 self._record(_action_event(self.step, EventKind.VERDICT, proposal))
             elif proposal.action is Action.NEW_DATA:
                 self._data_changed_at = self.step
+                self.effects.data_changed = True
                 event = _action_event(self.step, EventKind.VERDICT, proposal)
                 # a stable marker for readers of the log (the doctor): this verdict is a
                 # data change, and the skips and rollbacks that led to it were not divergence
@@ -367,6 +378,7 @@ class Controller:
                 self._record(self._plan_event(proposal, bases))
             elif proposal.action is Action.KEEP_BEST:
                 self.guard.keep_best(self.step)
+                self.effects.kept_best = True
             elif proposal.action is Action.RESTORE_BEST:
                 outcome = Outcome.ROLLED_BACK
                 restore_events.append(proposal)
@@ -381,7 +393,7 @@ class Controller:
         if outcome is not Outcome.STEPPED:
             self._last_incident = self.step
         if outcome is Outcome.ROLLED_BACK:  # the last load below is what stays
-            self.restored_from = (
+            self.effects.restored = (
                 "initial" if restart_events else "best" if restore_events else "snapshot"
             )
         if rollback_events:
@@ -425,7 +437,7 @@ class Controller:
                 if handle.name in names:
                     for param in _trainable(handle):
                         param.mul_(factor)
-        self.rescales += 1
+        self.effects.rescaled = True
         event = _action_event(self.step, EventKind.RESCALE, proposal)
         self._record(dataclasses.replace(event, signals={**event.signals, "factor": factor}))
 

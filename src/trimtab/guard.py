@@ -69,7 +69,6 @@ class Guard:
         self._best: Snapshot | None = None
         self._initial: Snapshot | None = None
         self._started = False  # a first snapshot was taken (or a state loaded)
-        self.bests_kept = 0  # how many times keep_best ran: tells a new best from an old one
 
     @property
     def steps(self) -> tuple[int, ...]:
@@ -112,7 +111,6 @@ class Guard:
         newer ones, only replaced by the next ``keep_best``.
         """
         self._best = self._capture(step)
-        self.bests_kept += 1
 
     def restore_best(self) -> int:
         """Load the state kept by ``keep_best``; return the step it was taken at.

@@ -291,9 +291,6 @@ class Regime:
         if scaler is not None:
             for optimizer in self.optimizers:
                 scaler.unscale_(optimizer)  # probes must read true gradients
-        data_changed_at = self._controller.data_changed_at
-        bests_kept = self._controller.guard.bests_kept
-        rescales = self._controller.rescales
         outcome = self._controller.before_step(
             loss,
             closure=closure,
@@ -318,26 +315,21 @@ class Regime:
             for optimizer in self.optimizers:
                 optimizer.zero_grad(set_to_none=True)
         if self._average is not None:
-            self._follow(outcome, data_changed_at, bests_kept, rescales)
+            self._follow(outcome)
         return outcome
 
-    def _follow(
-        self, outcome: Outcome, data_changed_at: int | None, bests_kept: int, rescales: int
-    ) -> None:
+    def _follow(self, outcome: Outcome) -> None:
         """Keep the weight average in step with what this step did to the weights."""
         average = self._average
         assert average is not None
-        if self._controller.guard.bests_kept != bests_kept:
+        effects = self._controller.effects
+        if effects.kept_best:
             # the weights just kept as the best were evaluated through the average:
             # keep the average that scored, to come back to it with them
             average.keep()
-        if outcome is Outcome.ROLLED_BACK and self._controller.restored_from == "best":
+        if effects.restored == "best":
             average.recall()
-        elif (
-            outcome is Outcome.ROLLED_BACK
-            or self._controller.data_changed_at != data_changed_at
-            or self._controller.rescales != rescales
-        ):
+        elif effects.restored or effects.rescaled or effects.data_changed:
             average.restart()  # the weights jumped, or they now fit other data
         elif outcome is Outcome.STEPPED:
             average.update()
