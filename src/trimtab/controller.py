@@ -159,6 +159,7 @@ class Controller:
         self._last_incident = -(10**9)
         self._rewound_at: int | None = None
         self._data_changed_at: int | None = None
+        self._rolled_back_call: int | None = None  # the step() call of the last rollback
         self.effects = StepEffects()  # what the last step did to the weights, besides stepping
         self._pending: dict[str, torch.Tensor] = {}
         self._ctx: StepContext | None = None
@@ -245,6 +246,7 @@ class Controller:
             own=self.arbiter.own_record,
             restart_step=self.guard.initial_step,
             calls=self.attempts,
+            rolled_back_call=self._rolled_back_call,
         )
         proposals = []
         for policy in self.policies:
@@ -399,6 +401,7 @@ class Controller:
         if rollback_events:
             with self.actuator.keeping_hyperparameters():
                 restored = self.guard.restore(before=self.step)
+            self._rolled_back_call = self.attempts
             for proposal in rollback_events:
                 event = _action_event(self.step, EventKind.ROLLBACK, proposal)
                 self._record(
@@ -630,6 +633,7 @@ class Controller:
             "stop_requested": self.stop_requested,
             "last_incident": self._last_incident,
             "rewound_at": self._rewound_at,
+            "rolled_back_call": self._rolled_back_call,
             "data_changed_at": self._data_changed_at,
             "multipliers": [[k.value, g, v] for (k, g), v in sorted(self.multipliers.items())],
             "policy_states": {k: dict(v) for k, v in self.policy_states.items()},
@@ -669,6 +673,7 @@ class Controller:
         self.stop_requested = bool(state["stop_requested"])
         self._last_incident = int(state["last_incident"])
         self._rewound_at = state.get("rewound_at")
+        self._rolled_back_call = state.get("rolled_back_call")
         self._data_changed_at = state.get("data_changed_at")
         self.multipliers = {(Knob(k), g): float(v) for k, g, v in state["multipliers"]}
         self.policy_states = {k: dict(state["policy_states"][k]) for k in self.policy_states}

@@ -44,6 +44,9 @@ class PolicyView:
     # step() calls before this one, skipped and rolled-back ones included: the user's loop
     # counter, which ``total_steps`` plans (``step`` counts only the updates made)
     calls: int | None = None
+    # the ``calls`` count at the last rollback to a snapshot (``Action.ROLLBACK``): losses
+    # of later calls were measured at the restored, known-good weights or after them
+    rolled_back_call: int | None = None
 
     def data_changed_since(self, seen: int | None) -> bool:
         """Whether a data change was announced that a policy, which last saw the one at

@@ -1,18 +1,20 @@
 """Shift: when the data distribution changes for good, relearn fast, then return.
 
 The ``shift`` probe's Page-Hinkley detectors (per-batch loss, log gradient norm) only
-say that something moved. One x1e3 batch moves them too, so an alarm opens a
-*candidate* only: the policy keeps the training losses of the ``persistence`` steps
-(the alarm's own included) and confirms the shift when their lower median, and the
-latest of them, stay above the pre-alarm median by more than ``min_rise`` of it and by
-``z`` robust deviations of the pre-alarm losses. A burst shorter than half the window
-cannot move that median. The default window is short (3): this policy is for data that
-changes, so three high batches in a row are taken for new data, and a burst of bad
-batches that long is too; a longer ``persistence`` tells bursts from shifts, at the
-price of relearning later. Three, because the stability guard skips the first high
-batch and rolls back on the second: the third is read at the restored known-good
-weights, and a normal loss there means the weights had diverged (then the guard's cut
-must stand), not that the data changed.
+say that something moved. One x1e3 batch, a burst of bad batches or weights that
+diverge move them too, so an alarm opens a *candidate* only, judged on the training
+losses from the alarm's on:
+
+- at once, when the stability guard rolled back since the alarm (it skips the first
+  high batch and rolls back on the second) and this loss was read at the restored,
+  known-good weights: high there (and the lower median since the alarm high too), the
+  data changed; normal there, the weights had diverged, and the guard's cut stands.
+  So a burst of three or more bad batches is taken for new data too; a guard that
+  needs six batches at the restored weights before it calls new data is cut short;
+- else once ``persistence`` losses are in: their lower median, and the latest, must
+  stay above the pre-alarm median by more than ``min_rise`` of it and by ``z`` robust
+  deviations of the pre-alarm losses. A burst shorter than half that window cannot
+  move the median.
 
 On a confirmed shift:
 
@@ -73,7 +75,7 @@ class Shift(Policy):
 
     Args:
         persistence: losses from the alarm's on whose lower median, and the latest, must
-            stay at the new level (at least 2).
+            stay at the new level, when the guard did not roll back (at least 6).
         min_rise: relative rise of that median over the pre-alarm median that counts
             as a new level (also the fall the raise is expected to bring).
         z: robust deviations of the pre-alarm losses the rise must exceed too.
@@ -99,7 +101,7 @@ class Shift(Policy):
     def __init__(
         self,
         *,
-        persistence: int = 3,
+        persistence: int = 20,
         min_rise: float = 0.1,
         z: float = 3.0,
         raise_factor: float = 2.0,
@@ -113,7 +115,7 @@ class Shift(Policy):
         fitted: float = 1e-3,
         shrink_groups: Sequence[str] | None = None,
     ) -> None:
-        self.persistence = _checks.count("persistence", persistence, minimum=2)
+        self.persistence = _checks.count("persistence", persistence, minimum=6)
         self.min_rise = _checks.positive("min_rise", min_rise)
         self.z = _checks.positive("z", z)
         self.raise_factor = _checks.positive("raise_factor", raise_factor)
@@ -202,7 +204,9 @@ class Shift(Policy):
             )
             quiet = state["ended"] is None or view.step - state["ended"] >= self.min_gap
             if alarm and quiet and len(state["baseline"]) >= self.persistence:
-                state.update(phase="candidate", alarm_step=view.step, after=[])
+                state.update(
+                    phase="candidate", alarm_step=view.step, alarm_call=_call(view), after=[]
+                )
             else:
                 if finite:
                     state["baseline"] = [*state["baseline"], loss][-_BASELINE:]
@@ -214,18 +218,23 @@ class Shift(Policy):
         return self._adapt(view, state), state
 
     def _judge(self, view: PolicyView, state: PolicyState) -> list[Proposal]:
-        """Confirm or dismiss the candidate once the persistence window is full."""
+        """Confirm or dismiss the candidate: at once when this loss was read at weights
+        the guard restored since the alarm, else once the persistence window is full."""
         after = state["after"]
-        if len(after) < self.persistence:
+        rolled, alarm = view.rolled_back_call, state.get("alarm_call")
+        # the guard rolled back since the alarm, and this loss comes from the restored,
+        # known-good weights: high there, the data changed; normal, the weights had
+        # diverged (the guard's cut stands)
+        restored = rolled is not None and alarm is not None and alarm <= rolled < _call(view)
+        if not restored and len(after) < self.persistence:
             if view.step - state["alarm_step"] > 3 * self.persistence:  # mostly non-finite
                 state.update(phase="idle", after=[])
             return []
         before = state["baseline"]
         old, spread = stats.robust_range(before)
         # the lower median: more than half of the window must be at the new level; and
-        # the latest loss too: after two high batches the guard rolls back, and a normal
-        # loss at the restored weights says the weights had diverged, not the data
-        window = sorted(after[-self.persistence :])
+        # the latest loss too (at the restored weights, when the guard rolled back)
+        window = sorted(after if restored else after[-self.persistence :])
         new = window[(len(window) - 1) // 2]
         needed = max(self.min_rise * abs(old), self.z * spread)
         evidence = {"loss_before": old, "loss_after": new, "needed_rise": needed}
@@ -260,6 +269,7 @@ class Shift(Policy):
         return [announce, *self._rescale(old, new), *self._rebalance(view, evidence)]
 
     def _track_high(self, view: PolicyView, state: PolicyState) -> None:
+        """The highest LR multiplier per group since the guard's last cut of it."""
         for group in view.groups:
             current = view.multiplier(Knob.LR, group)
             guard = view.own_factor(StabilityGuard.name, Knob.LR, group)
@@ -498,3 +508,8 @@ class Shift(Policy):
             factor=factor,
             signals=evidence or {"owed": left},
         )
+
+
+def _call(view: PolicyView) -> int:
+    """The user's step() count (the update count where the caller gave none)."""
+    return view.step if view.calls is None else view.calls
