@@ -401,3 +401,17 @@ def test_on_a_fitted_stream_the_shift_policy_shrinks_restores_and_recovers_soone
     verdict = next(i for i, e in enumerate(regime.events) if e.policy == "shift")
     assert not [e for e in regime.events[verdict:] if e.kind.value == "skip"]
     assert back < plain, (back, plain)
+
+
+def test_a_shift_confirmed_after_twenty_losses_leaves_the_weights_alone():
+    """Without the guard's rollback the model has trained on the new data for 20 steps
+    by the confirmation: it is relearning already, and a shrink would undo that."""
+    rng = random.Random(10)
+    script = Script(Shift())
+    for _ in range(60):
+        script.feed(1e-6 * (1 + 0.1 * rng.gauss(0, 1)))
+    script.feed(8.0, alarm=1.0)
+    for _ in range(40):
+        script.feed(8.0 * (1 + 0.05 * rng.gauss(0, 1)))
+    assert [s for s, p in script.made if p.action is Action.NEW_DATA] == [60 + 19]
+    assert not [p for _, p in script.made if p.action is Action.RESCALE]

@@ -18,7 +18,8 @@ losses from the alarm's on:
 
 On a confirmed shift:
 
-1. if the old data was fitted (its median loss below ``fitted`` x the new level), the
+1. if the old data was fitted (its median loss below ``fitted`` x the new level) and the
+   shift was confirmed at the restored weights (before any step on the new data), the
    weights of ``shrink_groups`` (default: every group) are scaled by ``shrink``
    (``Action.RESCALE``; the step is dropped). Such a model is confidently wrong on the
    new data: its saturated outputs pass back little gradient, and its logits must
@@ -266,7 +267,10 @@ class Shift(Policy):
             action=Action.NEW_DATA,
             signals=evidence,
         )
-        return [announce, *self._rescale(old, new), *self._rebalance(view, evidence)]
+        # the shrink is for a model that has not trained on the new data yet: confirmed
+        # at the restored weights, right after the jump; after 20 losses it is relearning
+        shrink = self._rescale(old, new) if restored else []
+        return [announce, *shrink, *self._rebalance(view, evidence)]
 
     def _track_high(self, view: PolicyView, state: PolicyState) -> None:
         """The highest LR multiplier per group since the guard's last cut of it."""
