@@ -76,11 +76,11 @@ def test_a_lasting_step_change_raises_the_lr_once_then_returns_it_to_the_prior_l
     assert raises[0].signals["loss_after"] > 1.7 and raises[0].signals["loss_before"] < 1.1
     assert "expecting" in raises[0].reason and raises[0].signals["provisional"] == 1.0
     raised_at = next(s for s, p in script.made if p is raises[0])
-    # announced at the alarm's step and 19 more (the persistence window), so the other
-    # policies stop judging new data by the old; the raise follows their answers
+    # announced with the raise, at the alarm's step and 19 more (the persistence window),
+    # so the other policies stop judging new data by the old
     (announced,) = [(s, p) for s, p in script.made if p.action is Action.NEW_DATA]
     assert announced[0] == 60 + 19 and "the data changed" in announced[1].reason
-    assert raised_at == announced[0] + 2
+    assert raised_at == announced[0]
     # the old level (1.0) was no fit of the data: the weights are left alone
     assert not [p for _, p in script.made if p.action is Action.RESCALE]
     assert max(lrs) == pytest.approx(2.0)
@@ -309,19 +309,21 @@ def test_the_weights_are_shrunk_only_after_a_fit_and_only_where_asked(kwargs, ol
 
 
 def test_the_raise_returns_at_once_to_the_highest_lr_the_run_trained_at():
-    """An early ramp to x8, then plateau cuts to x1 on the old data: after the shift the
-    LR goes back to x8 in one restore (no new ground), not x2 by doublings."""
+    """An early ramp to x8, then plateau cuts to x1 on the old data: after a shift seen
+    at the restored weights the LR goes back to x8 in one restore (no new ground) two
+    steps after the announcement, not x2 by doublings."""
     rng = random.Random(8)
     script = Script(Shift())
     for level in (2.0, 4.0, 8.0, 4.0, 2.0, 1.0):
         script.multipliers[(Knob.LR, "g0")] = level
         settle(script, rng, steps=10)
     script.feed(3.0, alarm=1.0)
+    script.rolled_back_call = script.step  # the guard rolls back on the next batch
     for i in range(200):
         script.feed(3.0 * max(0.3, 1 - i / 60) + 0.02 * rng.gauss(0, 1))
     ups = [(s, p) for s, p in script.made if p.knob is Knob.LR and p.factor > 1]
     (restore,) = [(s, p) for s, p in ups if p.restore]
-    assert restore[0] == 60 + 19 + 2 and restore[1].factor == pytest.approx(8.0)
+    assert restore[0] == 62 + 2 and restore[1].factor == pytest.approx(8.0)
     assert "highest level the run trained at" in restore[1].reason
     assert len(ups) == 1  # x8 is already above 2x the user's LR: no climb beyond it
     assert script.lr == pytest.approx(1.0)  # and it decays back to the prior level
@@ -339,7 +341,8 @@ def test_a_level_that_ended_in_a_guard_cut_is_not_returned_to():
     script.multipliers[(Knob.LR, "g0")] = 1.0  # plateau cuts
     settle(script, rng, steps=40)
     script.feed(3.0, alarm=1.0)
-    for i in range(30):
+    script.rolled_back_call = script.step
+    for i in range(10):
         script.feed(3.0 - 0.01 * i)
     (restore,) = [p for _, p in script.made if p.restore]
     assert restore.factor == pytest.approx(4.0)
@@ -415,3 +418,17 @@ def test_a_shift_confirmed_after_twenty_losses_leaves_the_weights_alone():
         script.feed(8.0 * (1 + 0.05 * rng.gauss(0, 1)))
     assert [s for s, p in script.made if p.action is Action.NEW_DATA] == [60 + 19]
     assert not [p for _, p in script.made if p.action is Action.RESCALE]
+
+
+def test_a_shift_confirmed_after_twenty_losses_gets_the_ordinary_raise():
+    """Relearning is under way by then: 2x the user's LR by doublings, no restore."""
+    rng = random.Random(11)
+    script = Script(Shift())
+    for level in (8.0, 1.0):
+        script.multipliers[(Knob.LR, "g0")] = level
+        settle(script, rng, steps=30)
+    script.feed(3.0, alarm=1.0)
+    for i in range(100):
+        script.feed(3.0 * max(0.3, 1 - i / 60) + 0.02 * rng.gauss(0, 1))
+    ups = [p for _, p in script.made if p.knob is Knob.LR and p.factor > 1]
+    assert ups and not any(p.restore for p in ups) and ups[0].factor == 2.0

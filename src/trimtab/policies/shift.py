@@ -250,10 +250,14 @@ class Shift(Policy):
             after=[],
             verdict=False,
             owed=0.0,
-            peak=None,  # set when the raise starts, on the level the others' answers left
+            # confirmed at the restored weights (before any step on the new data), the
+            # peak is set when the raise starts, on the level the others' answers left;
+            # after 20 losses, at once: 2x the larger of the user's LR and the current
+            peak=None if restored else self.raise_factor * max(self._lowest(view), 1.0),
             raised_step=None,
             raise_from=view.step + 2,
             evidence=evidence,
+            fast=restored,
         )
         announce = Proposal(
             policy=self.name,
@@ -267,10 +271,16 @@ class Shift(Policy):
             action=Action.NEW_DATA,
             signals=evidence,
         )
-        # the shrink is for a model that has not trained on the new data yet: confirmed
-        # at the restored weights, right after the jump; after 20 losses it is relearning
-        shrink = self._rescale(old, new) if restored else []
-        return [announce, *shrink, *self._rebalance(view, evidence)]
+        # the shrink and the return to the run's highest LR are for a model that has not
+        # trained on the new data yet: confirmed at the restored weights, right after
+        # the jump. After 20 losses it is relearning already: an ordinary raise at once.
+        if restored:
+            return [announce, *self._rescale(old, new), *self._rebalance(view, evidence)]
+        return [announce, self._raise(view, state, evidence), *self._rebalance(view, evidence)]
+
+    @staticmethod
+    def _lowest(view: PolicyView) -> float:
+        return min(view.multiplier(Knob.LR, g) for g in view.groups)
 
     def _track_high(self, view: PolicyView, state: PolicyState) -> None:
         """The highest LR multiplier per group since the guard's last cut of it."""
@@ -316,7 +326,7 @@ class Shift(Policy):
         current = min(view.multiplier(Knob.LR, g) for g in view.groups)
         # one factor for every group that takes none above the highest level it trained at
         held = min(state["high"].get(g, 1.0) / view.multiplier(Knob.LR, g) for g in view.groups)
-        restore = held > _RESTORE_MIN
+        restore = state.get("fast", False) and held > _RESTORE_MIN
         factor = min(held if restore else self.raise_factor, state["peak"] / current)
         state["pending"] = {
             "before": {g: view.multiplier(Knob.LR, g) for g in view.groups},
