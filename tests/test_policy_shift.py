@@ -432,3 +432,18 @@ def test_a_shift_confirmed_after_twenty_losses_gets_the_ordinary_raise():
         script.feed(3.0 * max(0.3, 1 - i / 60) + 0.02 * rng.gauss(0, 1))
     ups = [p for _, p in script.made if p.knob is Knob.LR and p.factor > 1]
     assert ups and not any(p.restore for p in ups) and ups[0].factor == 2.0
+
+
+def test_the_ordinary_raise_never_goes_above_the_highest_lr_the_run_trained_at():
+    """An LR already at x64 of the user's (the early phase's ramp): a 20-loss
+    confirmation does not double it into new ground."""
+    rng = random.Random(12)
+    script = Script(Shift())
+    script.multipliers[(Knob.LR, "g0")] = 64.0
+    settle(script, rng)
+    script.feed(3.0, alarm=1.0)
+    for i in range(100):
+        script.feed(3.0 * max(0.3, 1 - i / 60) + 0.02 * rng.gauss(0, 1))
+    assert [s for s, p in script.made if p.action is Action.NEW_DATA] == [60 + 19]
+    assert not [p for _, p in script.made if p.knob is Knob.LR]
+    assert script.lr == 64.0

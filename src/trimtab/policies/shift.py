@@ -253,7 +253,7 @@ class Shift(Policy):
             # confirmed at the restored weights (before any step on the new data), the
             # peak is set when the raise starts, on the level the others' answers left;
             # after 20 losses, at once: 2x the larger of the user's LR and the current
-            peak=None if restored else self.raise_factor * max(self._lowest(view), 1.0),
+            peak=None if restored else self._ordinary_peak(view, state),
             raised_step=None,
             raise_from=view.step + 2,
             evidence=evidence,
@@ -276,11 +276,18 @@ class Shift(Policy):
         # the jump. After 20 losses it is relearning already: an ordinary raise at once.
         if restored:
             return [announce, *self._rescale(old, new), *self._rebalance(view, evidence)]
+        lowest = min(view.multiplier(Knob.LR, g) for g in view.groups)
+        if state["peak"] <= lowest * (1 + 1e-6):  # at the run's highest level already
+            state.update(phase="idle", ended=view.step, after=[], baseline=[])
+            return [announce, *self._rebalance(view, evidence)]
         return [announce, self._raise(view, state, evidence), *self._rebalance(view, evidence)]
 
-    @staticmethod
-    def _lowest(view: PolicyView) -> float:
-        return min(view.multiplier(Knob.LR, g) for g in view.groups)
+    def _ordinary_peak(self, view: PolicyView, state: PolicyState) -> float:
+        """``raise_factor`` x the larger of the user's LR and the current one, but never
+        above the highest level the run trained at (or ``raise_factor`` x the user's)."""
+        lowest = min(view.multiplier(Knob.LR, g) for g in view.groups)
+        high = min(state["high"].get(g, 1.0) for g in view.groups)
+        return min(self.raise_factor * max(lowest, 1.0), max(self.raise_factor, high))
 
     def _track_high(self, view: PolicyView, state: PolicyState) -> None:
         """The highest LR multiplier per group since the guard's last cut of it."""
