@@ -391,6 +391,7 @@ class Controller:
                 rescale_asks.append(proposal)
                 if outcome is Outcome.STEPPED:  # the gradient belongs to the weights before
                     outcome = Outcome.SKIPPED
+        if self._shared_lr:
             self._couple_shared_lr(bases)
         if outcome is not Outcome.STEPPED:
             self._last_incident = self.step
