@@ -370,7 +370,7 @@ class Arbiter:
         wanted = _wanted(proposal, old)
         if not math.isfinite(wanted) or wanted <= 0:
             return f"asked for a non-finite or non-positive multiplier ({wanted})"
-        high = max(self._high.get(slot, 1.0), 1.0)
+        high = self._high.get(slot, 1.0)  # every level recorded includes the user's 1.0
         b_low, b_high = self._bounds(knob, ceiling)
         new = min(wanted, high, b_high)
         if new <= old * math.exp(self.config.epsilon):

@@ -258,14 +258,19 @@ class Shift(Policy):
             raise_from=view.step + 2,
             evidence=evidence,
             fast=restored,
+            held_for=(
+                f"{len(window)} losses after the detector's alarm at step "
+                f"{state['alarm_step']}, the last at the weights the guard restored"
+                if restored
+                else None  # the persistence window: see _held_for
+            ),
         )
         announce = Proposal(
             policy=self.name,
             reason=(
                 f"the data changed: the training loss moved from median "
                 f"{evidence['loss_before']:.4g} to {evidence['loss_after']:.4g} for "
-                f"{self.persistence} steps after the detector's alarm at step "
-                f"{state['alarm_step']}"
+                f"{self._held_for(state)}"
             ),
             priority=Priority.SAFETY,
             action=Action.NEW_DATA,
@@ -276,18 +281,21 @@ class Shift(Policy):
         # the jump. After 20 losses it is relearning already: an ordinary raise at once.
         if restored:
             return [announce, *self._rescale(old, new), *self._rebalance(view, evidence)]
-        lowest = min(view.multiplier(Knob.LR, g) for g in view.groups)
-        if state["peak"] <= lowest * (1 + 1e-6):  # at the run's highest level already
+        if state["peak"] <= _lowest_lr(view) * (1 + 1e-6):  # at the run's highest level
             state.update(phase="idle", ended=view.step, after=[], baseline=[])
             return [announce, *self._rebalance(view, evidence)]
         return [announce, self._raise(view, state, evidence), *self._rebalance(view, evidence)]
 
     def _ordinary_peak(self, view: PolicyView, state: PolicyState) -> float:
         """``raise_factor`` x the larger of the user's LR and the current one, but never
-        above the highest level the run trained at (or ``raise_factor`` x the user's)."""
-        lowest = min(view.multiplier(Knob.LR, g) for g in view.groups)
-        high = min(state["high"].get(g, 1.0) for g in view.groups)
-        return min(self.raise_factor * max(lowest, 1.0), max(self.raise_factor, high))
+        above the fast path's peak."""
+        ordinary = self.raise_factor * max(_lowest_lr(view), 1.0)
+        return min(ordinary, self._highest_peak(view, state))
+
+    def _highest_peak(self, view: PolicyView, state: PolicyState) -> float:
+        """The highest LR multiplier the run trained at since the guard's last cut (the
+        lowest over groups), or ``raise_factor`` x the user's LR if that is higher."""
+        return max(self.raise_factor, min(state["high"].get(g, 1.0) for g in view.groups))
 
     def _track_high(self, view: PolicyView, state: PolicyState) -> None:
         """The highest LR multiplier per group since the guard's last cut of it."""
@@ -330,7 +338,7 @@ class Shift(Policy):
     def _raise(self, view: PolicyView, state: PolicyState, evidence: dict[str, float]) -> Proposal:
         # relative to the multiplier now: another policy's moves since (the guard's ramp
         # back) count toward the peak, which stays an absolute bound
-        current = min(view.multiplier(Knob.LR, g) for g in view.groups)
+        current = _lowest_lr(view)
         # one factor for every group that takes none above the highest level it trained at
         held = min(state["high"].get(g, 1.0) / view.multiplier(Knob.LR, g) for g in view.groups)
         restore = state.get("fast", False) and held > _RESTORE_MIN
@@ -367,8 +375,7 @@ class Shift(Policy):
             reason=(
                 f"distribution shift: the training loss moved from median "
                 f"{evidence['loss_before']:.4g} to {evidence['loss_after']:.4g} and held there "
-                f"for {self.persistence} steps after the detector's alarm at step "
-                f"{state['alarm_step']} (rise needed {evidence['needed_rise']:.3g}); "
+                f"for {self._held_for(state)} (rise needed {evidence['needed_rise']:.3g}); "
                 f"provisional {how} (the larger of {self.raise_factor:g}x the user's LR and "
                 "the highest LR the run trained at: cuts made for the old data are stale), "
                 f"expecting the median loss of the next {self.verdict_after} steps to fall "
@@ -432,7 +439,7 @@ class Shift(Policy):
                 if state["raised_step"] is None:
                     state.update(raised_step=view.step - 1, after=[])
                 state["owed"] += applied
-                current = min(view.multiplier(Knob.LR, g) for g in view.groups)
+                current = _lowest_lr(view)
                 if current >= state["peak"] * (1 - 1e-6):
                     state.update(phase="raised", per_decay=state["owed"] / self.decay_steps)
             elif state["phase"] == "raised" and applied is not None:
@@ -445,8 +452,7 @@ class Shift(Policy):
             # (the plateau withdraws its old-data cuts): the raise starts on what they leave.
             if view.step < state["raise_from"]:
                 return []
-            high = min(state["high"].get(g, 1.0) for g in view.groups)
-            state["peak"] = max(self.raise_factor, high)
+            state["peak"] = self._highest_peak(view, state)
             return [self._raise(view, state, state["evidence"])]
         if state["phase"] == "raising" and view.step - state["confirmed_step"] > self.retry_for:
             if state["owed"] <= 0:
@@ -454,7 +460,7 @@ class Shift(Policy):
                 return []  # the raise was refused throughout: too late to help now
             state.update(phase="raised", per_decay=state["owed"] / self.decay_steps)
         if state["phase"] == "raising":
-            current = min(view.multiplier(Knob.LR, g) for g in view.groups)
+            current = _lowest_lr(view)
             if current >= state["peak"] * (1 - 1e-6):  # others brought it there already
                 if state["owed"] <= 0:
                     state.update(phase="idle", ended=view.step, after=[], baseline=[])
@@ -473,6 +479,13 @@ class Shift(Policy):
             factor = math.exp(-min(state["per_decay"], state["owed"]))
             return [self._take_back(view, state, factor, Priority.SCHEDULE, "decays")]
         return []
+
+    def _held_for(self, state: PolicyState) -> str:
+        """How long the new level held before confirmation, for the reasons: the fast
+        path's count, else the persistence window (also in states saved before it)."""
+        return state.get("held_for") or (
+            f"{self.persistence} steps after the detector's alarm at step {state['alarm_step']}"
+        )
 
     def _evidence(self, state: PolicyState) -> dict[str, float]:
         before = state["baseline"]
@@ -529,6 +542,11 @@ class Shift(Policy):
             factor=factor,
             signals=evidence or {"owed": left},
         )
+
+
+def _lowest_lr(view: PolicyView) -> float:
+    """The lowest LR multiplier over the groups: the raise moves every group by one factor."""
+    return min(view.multiplier(Knob.LR, g) for g in view.groups)
 
 
 def _call(view: PolicyView) -> int:
