@@ -23,6 +23,7 @@ class Script:
         self.multipliers = {(Knob.LR, "g0"): 1.0, (Knob.WEIGHT_DECAY, "g0"): wd}
         self.own = {}  # (knob, group, policy) -> accepted factors, as the arbiter keeps them
         self.rolled_back_call = None  # set by a test that plays the guard's rollback
+        self.rewound_at = None  # set by a test that plays another policy's rewind
         self.made = []
 
     def feed(self, loss, alarm=0.0, refuse_lr=False):
@@ -38,6 +39,7 @@ class Script:
             own=dict(self.own),
             calls=self.step,
             rolled_back_call=self.rolled_back_call,
+            rewound_at=self.rewound_at,
         )
         proposals, self.state = self.policy.propose(view, self.state)
         for p in proposals:
@@ -61,15 +63,22 @@ def settle(script, rng, steps=60, level=1.0):
         script.feed(level + 0.02 * rng.gauss(0, 1))
 
 
+def shift_then_relearn(script, rng, level=2.0, steps=200, floor=0.5, over=100):
+    """An alarm on a jump to ``level``, then a loss that falls to ``floor`` of it over
+    ``over`` steps; returns the LR multiplier after each step."""
+    script.feed(level, alarm=1.0)
+    lrs = []
+    for i in range(steps):
+        script.feed(level * max(floor, 1 - i / over) + 0.02 * rng.gauss(0, 1))
+        lrs.append(script.lr)
+    return lrs
+
+
 def test_a_lasting_step_change_raises_the_lr_once_then_returns_it_to_the_prior_level():
     rng = random.Random(0)
     script = Script(Shift(persistence=20, decay_every=15, decay_steps=4))
     settle(script, rng)
-    script.feed(2.0, alarm=1.0)
-    lrs = []
-    for i in range(200):  # the new level, then a recovery the raise should speed up
-        script.feed(2.0 * max(0.5, 1 - i / 100) + 0.02 * rng.gauss(0, 1))
-        lrs.append(script.lr)
+    lrs = shift_then_relearn(script, rng)  # a recovery the raise should speed up
     raises = [p for _, p in script.made if p.knob is Knob.LR and p.factor > 1]
     assert len(raises) == 1 and raises[0].priority is Priority.SPEED
     assert raises[0].factor == 2.0 and "distribution shift" in raises[0].reason
@@ -102,18 +111,63 @@ def test_a_burst_shorter_than_half_the_window_changes_nothing(burst):
     assert script.made == [] and script.lr == 1.0
 
 
-def test_a_high_loss_at_the_weights_the_guard_restored_confirms_at_once():
-    """The guard skips the first high batch and rolls back on the second; the third,
-    read at the restored known-good weights, is high too: the data changed."""
+def test_high_losses_at_the_weights_the_guard_restored_confirm_at_once():
+    """The guard skips the first high batch and rolls back on the second; the next two,
+    read at the restored known-good weights, are high too: the data changed."""
     rng = random.Random(1)
     script = Script(Shift())
     settle(script, rng)
     script.feed(3.0, alarm=1.0)
     script.rolled_back_call = script.step  # the guard rolls back on this batch
     assert script.feed(3.2) == []
-    made = script.feed(3.1)
+    assert script.feed(3.1) == []  # one loss at the restored weights: a burst, maybe
+    made = script.feed(3.15)
     assert [p.action for p in made] == [Action.NEW_DATA]
-    assert made[0].signals["loss_after"] == 3.1  # the lower median of the three
+    assert made[0].signals["loss_after"] == 3.1  # the lower median of the four
+    assert "the last 2 at the weights the guard restored" in made[0].reason
+
+
+def test_a_burst_that_ends_after_one_loss_at_the_restored_weights_is_no_shift():
+    """The faults task's three shuffled-label batches: skipped, rolled back, and one
+    more high loss at the restored weights; the next batch is normal again."""
+    rng = random.Random(1)
+    script = Script(Shift())
+    settle(script, rng)
+    script.feed(3.0, alarm=1.0)
+    script.rolled_back_call = script.step
+    script.feed(3.2)
+    script.feed(3.1)
+    settle(script, rng, steps=100)
+    assert script.made == [] and script.lr == 1.0
+    # one loss at the restored weights was asked for: the burst counts as a shift
+    script = Script(Shift(at_restored=1))
+    settle(script, rng)
+    script.feed(3.0, alarm=1.0)
+    script.rolled_back_call = script.step
+    script.feed(3.2)
+    assert [p.action for p in script.feed(3.1)] == [Action.NEW_DATA]
+
+
+def test_a_jump_after_another_policys_rewind_is_no_shift():
+    """Early stopping restores the best weights of long ago: the training loss jumps
+    because the weights changed, and the loss level before is no longer the old level."""
+    rng = random.Random(11)
+    script = Script(Shift())
+    for _ in range(60):
+        script.feed(1e-3 * (1 + 0.1 * rng.gauss(0, 1)))
+    script.rewound_at = script.step - 1  # rewound on the last step
+    script.feed(0.7, alarm=1.0)
+    for i in range(100):
+        script.feed(0.7 * max(0.01, 1 - i / 50) * (1 + 0.05 * rng.gauss(0, 1)))
+    assert script.made == [] and script.lr == 1.0
+    # without the rewind, the same losses read as a shift
+    script = Script(Shift())
+    for _ in range(60):
+        script.feed(1e-3 * (1 + 0.1 * rng.gauss(0, 1)))
+    script.feed(0.7, alarm=1.0)
+    for i in range(100):
+        script.feed(0.7 * max(0.01, 1 - i / 50) * (1 + 0.05 * rng.gauss(0, 1)))
+    assert [p for _, p in script.made if p.action is Action.NEW_DATA]
 
 
 def test_a_normal_loss_at_the_restored_weights_is_no_shift():
@@ -257,13 +311,10 @@ def test_after_stale_cuts_the_raise_climbs_to_twice_the_users_lr_and_returns_to_
     """LR cut to a quarter on the old data: the peak is 2x the user's value, not 2x the cut."""
     rng = random.Random(5)
     script = Script(Shift(quiet=10, decay_steps=3, decay_every=15))
+    settle(script, rng, steps=30)  # trained at the user's LR first
     script.multipliers[(Knob.LR, "g0")] = 0.25
     settle(script, rng)
-    script.feed(2.0, alarm=1.0)
-    lrs = []
-    for i in range(250):
-        script.feed(2.0 * max(0.3, 1 - i / 60) + 0.02 * rng.gauss(0, 1))
-        lrs.append(script.lr)
+    lrs = shift_then_relearn(script, rng, steps=250, floor=0.3, over=60)
     ups = [p for _, p in script.made if p.knob is Knob.LR and p.factor > 1]
     assert [p.factor for p in ups] == pytest.approx([2.0, 2.0, 2.0])
     assert max(lrs) == pytest.approx(2.0)  # raise_factor x the user's value, never more
@@ -288,7 +339,8 @@ def test_a_shift_after_fitting_the_old_data_shrinks_the_weights_once():
     _fitted_then_shifted(script, rng)
     (rescale,) = [(s, p) for s, p in script.made if p.action is Action.RESCALE]
     (announced,) = [s for s, p in script.made if p.action is Action.NEW_DATA]
-    assert rescale[0] == announced == 62  # with the confirmation, at the restored weights
+    # with the confirmation, on the second loss at the restored weights
+    assert rescale[0] == announced == 63
     assert rescale[1].factor == 0.3 and rescale[1].group is None
     assert "fitted" in rescale[1].reason and "dropped" in rescale[1].reason
     assert rescale[1].signals["loss_before"] < 1e-5 and rescale[1].signals["loss_after"] > 7
@@ -316,14 +368,14 @@ def test_the_raise_returns_at_once_to_the_highest_lr_the_run_trained_at():
     script = Script(Shift())
     for level in (2.0, 4.0, 8.0, 4.0, 2.0, 1.0):
         script.multipliers[(Knob.LR, "g0")] = level
-        settle(script, rng, steps=10)
+        settle(script, rng, steps=25)
     script.feed(3.0, alarm=1.0)
     script.rolled_back_call = script.step  # the guard rolls back on the next batch
     for i in range(200):
         script.feed(3.0 * max(0.3, 1 - i / 60) + 0.02 * rng.gauss(0, 1))
     ups = [(s, p) for s, p in script.made if p.knob is Knob.LR and p.factor > 1]
     (restore,) = [(s, p) for s, p in ups if p.restore]
-    assert restore[0] == 62 + 2 and restore[1].factor == pytest.approx(8.0)
+    assert restore[0] == 150 + 3 + 2 and restore[1].factor == pytest.approx(8.0)
     assert "highest level the run trained at" in restore[1].reason
     assert len(ups) == 1  # x8 is already above 2x the user's LR: no climb beyond it
     assert script.lr == pytest.approx(1.0)  # and it decays back to the prior level
@@ -447,3 +499,17 @@ def test_the_ordinary_raise_never_goes_above_the_highest_lr_the_run_trained_at()
     assert [s for s, p in script.made if p.action is Action.NEW_DATA] == [60 + 19]
     assert not [p for _, p in script.made if p.knob is Knob.LR]
     assert script.lr == 64.0
+
+
+def test_a_users_lr_the_run_never_trained_at_is_no_level_to_raise_to():
+    """lr 0.1 on a small model: the early phase cut it x0.02 after one update. A shift
+    raises 2x the level the run trained at, not 2x the user's (x100 of it)."""
+    rng = random.Random(12)
+    script = Script(Shift())
+    script.feed(1.0)
+    script.multipliers[(Knob.LR, "g0")] = 0.02
+    settle(script, rng)
+    lrs = shift_then_relearn(script, rng)
+    raises = [p for _, p in script.made if p.knob is Knob.LR and p.factor > 1]
+    assert [p.factor for p in raises] == pytest.approx([2.0])
+    assert max(lrs) == pytest.approx(0.04)

@@ -6,15 +6,21 @@ diverge move them too, so an alarm opens a *candidate* only, judged on the train
 losses from the alarm's on:
 
 - at once, when the stability guard rolled back since the alarm (it skips the first
-  high batch and rolls back on the second) and this loss was read at the restored,
-  known-good weights: high there (and the lower median since the alarm high too), the
-  data changed; normal there, the weights had diverged, and the guard's cut stands.
-  So a burst of three or more bad batches is taken for new data too; a guard that
-  needs six batches at the restored weights before it calls new data is cut short;
+  high batch and rolls back on the second) and ``at_restored`` (2) losses were read at
+  the restored, known-good weights (the guard skips while it checks them): all high
+  there (and the lower median since the alarm high too), the data changed; one normal
+  there, the weights had diverged, and the guard's cut stands. So a burst of three bad
+  batches (skip, rollback, one more) is dismissed, one of four or more is taken for new
+  data; a guard that needs six batches at the restored weights before it calls new
+  data is cut short;
 - else once ``persistence`` losses are in: their lower median, and the latest, must
   stay above the pre-alarm median by more than ``min_rise`` of it and by ``z`` robust
   deviations of the pre-alarm losses. A burst shorter than half that window cannot
   move the median.
+
+A rewind of the weights by another policy (early stopping's return to its best, a
+restart) makes the training loss jump too; the losses before it belonged to other
+weights, so the old level is measured again from there.
 
 On a confirmed shift:
 
@@ -34,7 +40,10 @@ On a confirmed shift:
    policies' answers left (the plateau withdraws its old-data cuts); a return to a level
    the run held is one restore (``Proposal.restore``: no rate limit), the rest climbs
    in steps of at most ``raise_factor`` as the cooldown allows. A level that ended in
-   a divergence (the guard cut it) is never returned to. The expectation is stated:
+   a divergence (the guard cut it) is never returned to, and a level counts only once
+   it stood for a few steps: a user's LR the first update showed far too large (the
+   early phase cut it at once) is replaced by the highest level the run trained at,
+   in the raise's bound too. The expectation is stated:
    after ``verdict_after`` steps the median training loss must be below its level at
    confirmation by ``min_rise`` of it; else the whole remaining raise is taken back;
 3. kept, the raise decays back to the prior multiplier in ``decay_steps`` equal
@@ -69,6 +78,9 @@ from trimtab.types import Action, Knob, Priority, Proposal
 
 _BASELINE = 48  # pre-alarm training losses kept as the old level
 _RESTORE_MIN = 1.02  # a return smaller than this is left to the ordinary raise
+# steps an LR multiplier must stand to count as a level the run trained at: the early
+# phase cuts a level the first update showed far too large at once
+_HOLD = 5
 
 
 class Shift(Policy):
@@ -93,6 +105,9 @@ class Shift(Policy):
             fraction of the new level.
         shrink_groups: the groups whose weights are shrunk (default: every group); leave
             a pretrained backbone out where its scale matters.
+        at_restored: losses read at the weights the guard restored that must all be high
+            to confirm at once: a burst of bad batches no longer than the guard's skip,
+            its rollback and these losses less one is dismissed.
     """
 
     name = "shift"
@@ -115,6 +130,7 @@ class Shift(Policy):
         shrink: float = 0.3,
         fitted: float = 1e-3,
         shrink_groups: Sequence[str] | None = None,
+        at_restored: int = 2,
     ) -> None:
         self.persistence = _checks.count("persistence", persistence, minimum=6)
         self.min_rise = _checks.positive("min_rise", min_rise)
@@ -139,6 +155,7 @@ class Shift(Policy):
                 f"shrink_groups must be a sequence of group names, got {shrink_groups!r}"
             )
         self.shrink_groups = None if shrink_groups is None else tuple(shrink_groups)
+        self.at_restored = _checks.count("at_restored", at_restored)
 
     def settings(self) -> dict[str, Any]:
         keys = [
@@ -155,6 +172,7 @@ class Shift(Policy):
             "shrink",
             "fitted",
             "shrink_groups",
+            "at_restored",
         ]
         return {k: getattr(self, k) for k in keys}
 
@@ -181,6 +199,10 @@ class Shift(Policy):
             "high": {},
             "guard": {},  # per group: the guard's own LR factor last seen
             "raise_from": None,  # first step of the raise: after the others' answers
+            "rewound_at": None,  # the last rewind of the weights by another policy seen
+            "held": {},  # per group: [multiplier, step it was first seen at]
+            "trained": {},  # per group: the highest LR multiplier held in the whole run
+            "restored": [],  # losses since the alarm read at the weights the guard restored
         }
 
     # -- the pure rule ------------------------------------------------------------------
@@ -191,12 +213,22 @@ class Shift(Policy):
             "after": list(state["after"]),
             "high": dict(state.get("high", {})),
             "guard": dict(state.get("guard", {})),
+            "held": {g: list(h) for g, h in state.get("held", {}).items()},
+            "trained": dict(state.get("trained", {})),
+            "restored": list(state.get("restored", [])),
         }
         lrs = [view.multiplier(Knob.LR, g) for g in view.groups]
         if lrs != state["lrs"]:  # someone moved the LR: the arbiter's cooldown runs
             state.update(lrs=lrs, lr_moved=view.step)
         loss = view.signals.fresh("loss/train", view.step)
         finite = loss is not None and math.isfinite(loss)
+        if view.rewound_at is not None and view.rewound_at != state.get("rewound_at"):
+            # Another policy rewound the weights (early stopping's best, a restart): the
+            # loss jumps because the weights changed, not the data. The old level belonged
+            # to the abandoned trajectory; an adaptation under way is relative, and goes on.
+            state["rewound_at"] = view.rewound_at
+            if state["phase"] in ("idle", "candidate"):
+                state.update(phase="idle", baseline=[], after=[], restored=[])
         if state["phase"] == "idle":
             self._track_high(view, state)
             alarm = any(
@@ -206,7 +238,12 @@ class Shift(Policy):
             quiet = state["ended"] is None or view.step - state["ended"] >= self.min_gap
             if alarm and quiet and len(state["baseline"]) >= self.persistence:
                 state.update(
-                    phase="candidate", alarm_step=view.step, alarm_call=_call(view), after=[]
+                    phase="candidate",
+                    alarm_step=view.step,
+                    alarm_call=_call(view),
+                    after=[],
+                    restored=[],
+                    restored_call=None,
                 )
             else:
                 if finite:
@@ -214,34 +251,45 @@ class Shift(Policy):
                 return [], state  # a non-finite loss is the guard's business, not a shift
         if finite:
             state["after"] = [*state["after"], loss]
+        if finite and state["phase"] == "candidate":
+            # read at the weights the guard restored since the alarm (the guard skips the
+            # steps while it checks them): a second rollback starts the count again
+            rolled, alarm = view.rolled_back_call, state.get("alarm_call")
+            if rolled is not None and alarm is not None and alarm <= rolled < _call(view):
+                if state.get("restored_call") != rolled:
+                    state.update(restored_call=rolled, restored=[])
+                state["restored"] = [*state["restored"], loss]
         if state["phase"] == "candidate":
             return self._judge(view, state), state
         return self._adapt(view, state), state
 
     def _judge(self, view: PolicyView, state: PolicyState) -> list[Proposal]:
-        """Confirm or dismiss the candidate: at once when this loss was read at weights
-        the guard restored since the alarm, else once the persistence window is full."""
-        after = state["after"]
-        rolled, alarm = view.rolled_back_call, state.get("alarm_call")
-        # the guard rolled back since the alarm, and this loss comes from the restored,
-        # known-good weights: high there, the data changed; normal, the weights had
-        # diverged (the guard's cut stands)
-        restored = rolled is not None and alarm is not None and alarm <= rolled < _call(view)
-        if not restored and len(after) < self.persistence:
-            if view.step - state["alarm_step"] > 3 * self.persistence:  # mostly non-finite
-                state.update(phase="idle", after=[])
-            return []
+        """Confirm or dismiss the candidate: at once when ``at_restored`` losses were read
+        at weights the guard restored since the alarm, else once the persistence window
+        is full."""
+        after, at_restored = state["after"], state["restored"]
         before = state["baseline"]
         old, spread = stats.robust_range(before)
+        needed = max(self.min_rise * abs(old), self.z * spread)
+        # the guard rolled back since the alarm, and these losses come from the restored,
+        # known-good weights: high there, the data changed; normal, the weights had
+        # diverged (the guard's cut stands)
+        restored = len(at_restored) >= self.at_restored
+        normal_there = bool(at_restored) and at_restored[-1] - old <= needed
+        if not restored and not normal_there and len(after) < self.persistence:
+            if view.step - state["alarm_step"] > 3 * self.persistence:  # mostly non-finite
+                state.update(phase="idle", after=[], restored=[])
+            return []
         # the lower median: more than half of the window must be at the new level; and
         # the latest loss too (at the restored weights, when the guard rolled back)
-        window = sorted(after if restored else after[-self.persistence :])
+        window = sorted(after if restored or normal_there else after[-self.persistence :])
         new = window[(len(window) - 1) // 2]
-        needed = max(self.min_rise * abs(old), self.z * spread)
         evidence = {"loss_before": old, "loss_after": new, "needed_rise": needed}
-        if new - old <= needed or after[-1] - old <= needed:
+        if normal_there or new - old <= needed or after[-1] - old <= needed:
             # a blip or a burst: the old level stands, and the window becomes history
-            state.update(phase="idle", after=[], baseline=[*before, *after][-_BASELINE:])
+            state.update(
+                phase="idle", after=[], restored=[], baseline=[*before, *after][-_BASELINE:]
+            )
             return []
         state.update(
             phase="raising",
@@ -260,7 +308,8 @@ class Shift(Policy):
             fast=restored,
             held_for=(
                 f"{len(window)} losses after the detector's alarm at step "
-                f"{state['alarm_step']}, the last at the weights the guard restored"
+                f"{state['alarm_step']}, the last {len(at_restored)} at the weights the "
+                "guard restored"
                 if restored
                 else None  # the persistence window: see _held_for
             ),
@@ -288,23 +337,36 @@ class Shift(Policy):
 
     def _ordinary_peak(self, view: PolicyView, state: PolicyState) -> float:
         """``raise_factor`` x the larger of the user's LR and the current one, but never
-        above the fast path's peak."""
-        ordinary = self.raise_factor * max(_lowest_lr(view), 1.0)
+        above the fast path's peak. A user's LR the run never trained at (the early
+        phase cut it at once) counts as the highest level it did train at."""
+        user = min(_trained(view, state), 1.0)
+        ordinary = self.raise_factor * max(_lowest_lr(view), user)
         return min(ordinary, self._highest_peak(view, state))
 
     def _highest_peak(self, view: PolicyView, state: PolicyState) -> float:
         """The highest LR multiplier the run trained at since the guard's last cut (the
-        lowest over groups), or ``raise_factor`` x the user's LR if that is higher."""
-        return max(self.raise_factor, min(state["high"].get(g, 1.0) for g in view.groups))
+        lowest over groups), or ``raise_factor`` x the user's LR if that is higher (x
+        that level, when the run never trained at the user's LR)."""
+        return max(_high(view, state), self.raise_factor * min(_trained(view, state), 1.0))
 
     def _track_high(self, view: PolicyView, state: PolicyState) -> None:
-        """The highest LR multiplier per group since the guard's last cut of it."""
+        """Per group, the highest LR multiplier that stood for ``_HOLD`` steps since the
+        guard's last cut of it, and in the whole run: a level the first update showed far
+        too large is no level the run trained at."""
         for group in view.groups:
             current = view.multiplier(Knob.LR, group)
             guard = view.own_factor(StabilityGuard.name, Knob.LR, group)
             cut = guard < state["guard"].get(group, guard) * (1 - 1e-9)
-            known = state["high"].get(group, current)
-            state["high"][group] = current if cut else max(known, current)
+            level, since = state["held"].get(group, (current, view.step))
+            if abs(current - level) > 1e-9 * level:
+                level, since = current, view.step
+            state["held"][group] = [level, since]
+            if cut:  # the cut level is where the run goes on from
+                state["high"][group] = current
+            elif view.step - since >= _HOLD:
+                state["high"][group] = max(state["high"].get(group, current), current)
+            if view.step - since >= _HOLD:
+                state["trained"][group] = max(state["trained"].get(group, current), current)
             state["guard"][group] = guard
 
     def _rescale(self, old: float, new: float) -> list[Proposal]:
@@ -340,7 +402,10 @@ class Shift(Policy):
         # back) count toward the peak, which stays an absolute bound
         current = _lowest_lr(view)
         # one factor for every group that takes none above the highest level it trained at
-        held = min(state["high"].get(g, 1.0) / view.multiplier(Knob.LR, g) for g in view.groups)
+        held = min(
+            state["high"].get(g, view.multiplier(Knob.LR, g)) / view.multiplier(Knob.LR, g)
+            for g in view.groups
+        )
         restore = state.get("fast", False) and held > _RESTORE_MIN
         factor = min(held if restore else self.raise_factor, state["peak"] / current)
         state["pending"] = {
@@ -542,6 +607,18 @@ class Shift(Policy):
             factor=factor,
             signals=evidence or {"owed": left},
         )
+
+
+def _high(view: PolicyView, state: PolicyState) -> float:
+    """The lowest over groups of the highest LR multiplier each trained at since the
+    guard's last cut (a group with no level held yet: its current multiplier)."""
+    return min(state["high"].get(g, view.multiplier(Knob.LR, g)) for g in view.groups)
+
+
+def _trained(view: PolicyView, state: PolicyState) -> float:
+    """The lowest over groups of the highest LR multiplier each trained at in the whole
+    run, guard's cuts or not (a group with no level held yet: its current multiplier)."""
+    return min(state["trained"].get(g, view.multiplier(Knob.LR, g)) for g in view.groups)
 
 
 def _lowest_lr(view: PolicyView) -> float:
