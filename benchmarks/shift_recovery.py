@@ -11,10 +11,11 @@ back within the task tolerance (1 point) of it, read at the evaluation cadence (
 method itself sees) and, exactly, by an extra read of the accuracy after every step
 from the shift until it is back (the method is not told of those reads). A run that
 never gets back counts as not recovered (shown as ``>`` the steps left). Every method of
-``MAIN_METHODS`` that imports, plus ``trimtab-plus-shift``, runs at its best LR from a
-small grid, chosen per method by the number of seeds that recover, then the median exact
-recovery time, then the median final accuracy; methods with their own LR (prodigy, dog,
-the fixed schedule-free and trimtab_auto) run once.
+``MAIN_METHODS`` that imports, plus ``trimtab-no-shift`` (the defaults without the shift
+policy: what it adds), runs at its best LR from a small grid, chosen per method by the
+number of seeds that recover, then the median exact recovery time, then the median final
+accuracy; methods with their own LR (prodigy, dog, the fixed schedule-free and
+trimtab_auto) run once.
 """
 
 from __future__ import annotations
@@ -136,7 +137,7 @@ def _shown(median: float, left: int) -> str:
 def methods_to_run(names: Sequence[str] | None) -> list[str]:
     if names:
         return list(names)
-    wanted = [*MAIN_METHODS, "trimtab-plus-shift"]
+    wanted = [*MAIN_METHODS, "trimtab-no-shift"]
     return [m for m in wanted if m in METHODS and METHODS[m].available()]
 
 

@@ -247,16 +247,17 @@ def test_bad_settings_fail_at_construction(kwargs, message):
         Shift(**kwargs)
 
 
-def test_it_is_registered_but_not_a_default_and_needs_the_shift_probe():
-    assert POLICIES["shift"] is Shift and "shift" not in trimtab.policies.DEFAULT_POLICIES
+def test_it_is_a_default_and_brings_its_detector_into_any_probe_set():
+    assert POLICIES["shift"] is Shift and "shift" in trimtab.policies.DEFAULT_POLICIES
     model = torch.nn.Linear(2, 1)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     # left at the default probes, Regime adds the detector the policy reads
-    regime = trimtab.Regime(model, opt, policies=("shift",))
+    regime = trimtab.Regime(model, opt)
     assert "shift" in {p.name for p in regime._controller.probes}
-    # a probe set the user chose is theirs: a missing detector is a clear error
-    with pytest.raises(ConfigError, match="shift"):
-        trimtab.Regime(model, opt, policies=("shift",), probes=list(trimtab.probes.DEFAULT_PROBES))
+    # the detector is cheap (two scalars a step): it joins a probe set the user chose too,
+    # so a set that worked before the shift policy became a default still does
+    chosen = trimtab.Regime(model, opt, probes=list(trimtab.probes.DEFAULT_PROBES))
+    assert "shift" in {p.name for p in chosen._controller.probes}
 
 
 def _shifting_run(policies, steps=500, shift_at=250):
@@ -446,8 +447,8 @@ def _fitted_stream_recovery(policies, seed=0, steps=400, shift_at=200):
 
 def test_on_a_fitted_stream_the_shift_policy_shrinks_restores_and_recovers_sooner():
     defaults = trimtab.policies.DEFAULT_POLICIES
-    regime, before, back = _fitted_stream_recovery((*defaults, "shift"))
-    _, _, plain = _fitted_stream_recovery(defaults)
+    regime, before, back = _fitted_stream_recovery(defaults)
+    _, _, plain = _fitted_stream_recovery(tuple(p for p in defaults if p != "shift"))
     assert before > 0.99 and back is not None and plain is not None
     kinds = [(e.policy, e.kind.value) for e in regime.events if e.step >= 195]
     assert ("shift", "rescale") in kinds

@@ -7,11 +7,11 @@ def test_a_tiny_shift_recovery_run_writes_its_table_between_markers(tmp_path):
     results = tmp_path / "RESULTS.md"
     results.write_text("# Results\n\nkept text\n")
     argv = ["--results", str(results), "--seeds", "1", "--steps", "80", "--every", "10"]
-    argv += ["--lrs", "3e-3", "--methods", "adamw", "trimtab-plus-shift"]
+    argv += ["--lrs", "3e-3", "--methods", "adamw", "trimtab-no-shift"]
     assert shift_recovery.main(argv) == 0
     text = results.read_text()
     assert "kept text" in text and text.count(shift_recovery.START) == 1
-    assert "| adamw | 0.003 |" in text and "| trimtab-plus-shift | 0.003 |" in text
+    assert "| adamw | 0.003 |" in text and "| trimtab-no-shift | 0.003 |" in text
     assert shift_recovery.main(argv) == 0  # a rerun replaces the section, not appends
     assert results.read_text().count(shift_recovery.START) == 1
 

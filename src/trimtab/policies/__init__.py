@@ -30,7 +30,7 @@ POLICIES = MappingProxyType(
         Shift.name: Shift,
     }
 )
-DEFAULT_POLICIES = ("stability_guard", "early_phase", "regularization", "plateau")
+DEFAULT_POLICIES = ("stability_guard", "early_phase", "regularization", "plateau", "shift")
 
 __all__ = [
     "DEFAULT_POLICIES",

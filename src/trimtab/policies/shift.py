@@ -113,6 +113,9 @@ class Shift(Policy):
     name = "shift"
     knobs = (Knob.WEIGHT_DECAY,)
     requires = ("loss", "shift")
+    # the detector reads two scalars a step that the run has anyway: a default policy's
+    # cheap probe joins a probe set the user chose rather than failing it
+    adds_probes = True
 
     def __init__(
         self,
