@@ -175,12 +175,13 @@ def test_rollback_keeps_the_schedule_free_mode_the_user_set():
 
 
 class CutGroup(Policy):
-    """Halves one group's lr at step 2."""
+    """Sets one group's lr multiplier to ``target`` (default: halves it) at step 2."""
 
     name = "cut_group"
 
-    def __init__(self, group):
-        self.group = group
+    def __init__(self, group, target=0.5, name=None):
+        self.group, self.target = group, target
+        self.name = name or self.name
 
     def propose(self, view, state):
         if view.step == 2:
@@ -190,7 +191,7 @@ class CutGroup(Policy):
                 Priority.STABILITY,
                 knob=Knob.LR,
                 group=self.group,
-                target=0.5,
+                target=self.target,
             )
             return [proposal], state
         return [], state
@@ -220,6 +221,33 @@ def test_prodigy_groups_share_an_lr_change_and_each_follower_is_logged():
     assert len(follower) == 1 and follower[0].policy == "actuator"
     assert (follower[0].old, follower[0].new) == (1.0, 0.5)
     assert "follows group 'head'" in follower[0].reason
+
+
+def test_prodigy_groups_meet_once_a_step_after_every_policy_decided():
+    """Two policies cut two groups in one step: the groups meet at the lower level with
+    one follower event, not one after each decision (the first would drag the second
+    group down before its own cut, and log a change that never ran)."""
+    pytest.importorskip("prodigyopt")
+    import prodigyopt
+
+    model = tiny_mlp()
+    optimizer = prodigyopt.Prodigy(
+        [
+            {"params": model[0].parameters(), "name": "body"},
+            {"params": model[2].parameters(), "name": "head"},
+        ],
+        lr=1.0,
+    )
+    seen = []
+    optimizer.register_step_pre_hook(
+        lambda opt, args, kwargs: seen.append([g["lr"] for g in opt.param_groups])
+    )
+    policies = [CutGroup("head"), CutGroup("body", target=0.25, name="cut_body")]
+    regime = Regime(model, optimizer, policies=policies)
+    _train(regime, model, range(4))
+    assert seen == [[1.0, 1.0]] * 2 + [[0.25, 0.25]] * 2
+    follower = [(e.group, e.old, e.new) for e in regime.events if e.policy == "actuator"]
+    assert follower == [("head", 0.5, 0.25)]
 
 
 def test_adam_groups_keep_independent_lrs():
