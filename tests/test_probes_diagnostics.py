@@ -17,6 +17,7 @@ from trimtab.probes import (
     LossTrendProbe,
     NoiseProbe,
     PageHinkley,
+    ShiftProbe,
     StepContext,
 )
 
@@ -287,6 +288,56 @@ def test_page_hinkley_detects_a_shift_quickly_and_stays_quiet_otherwise():
             delay = t - 500
             break
     assert delay is not None and delay <= 20
+
+
+def test_streams_in_one_page_hinkley_alarm_as_they_would_alone():
+    """The shift probe runs its two streams (loss, log gradient norm) in one detector:
+    each element's alarms are those of a detector of its own, NaN and inf included."""
+    gen = torch.Generator().manual_seed(1)
+    steps = torch.arange(900)
+    loss = torch.randn(900, generator=gen) * 0.1 + 1.0 + 2.0 * (steps >= 400)
+    log_norm = torch.randn(900, generator=gen) * 0.2 - 3.0 + 1.0 * (steps >= 600)
+    loss[50], log_norm[70] = math.nan, math.inf
+    alone = [PageHinkley(), PageHinkley()]
+    together = PageHinkley()
+    fired = 0
+    for t in range(900):
+        single = [d.update(v[t]).item() for d, v in zip(alone, (loss, log_norm), strict=True)]
+        assert together.update(torch.stack([loss[t], log_norm[t]])).tolist() == single, t
+        fired += sum(single)
+    assert fired >= 2  # both shifts were found
+
+
+def test_a_non_finite_first_value_does_not_blind_the_detector():
+    detector = PageHinkley()
+    detector.update(torch.tensor(math.nan))
+    gen = torch.Generator().manual_seed(2)
+    values = [torch.randn((), generator=gen) + (3.0 if t >= 200 else 0.0) for t in range(300)]
+    alarms = [t for t, v in enumerate(values) if detector.update(v).item()]
+    assert alarms and 200 <= alarms[0] <= 220
+
+
+def test_the_shift_probe_reads_the_streams_it_has_and_resumes_an_older_checkpoint():
+    model = tiny_mlp()
+    x, y = tiny_regression()
+    torch.nn.functional.mse_loss(model(x), y).backward()
+    probe = ShiftProbe()
+    assert set(probe.before_step(ctx_for(model, 0))) == {"shift/grad_alarm"}  # no loss given
+    loss = torch.tensor(0.5)
+    assert set(probe.before_step(ctx_for(model, 1, loss=loss))) == {
+        "shift/loss_alarm",
+        "shift/grad_alarm",
+    }
+    # a checkpoint from before the streams shared a detector: one state per stream
+    old = {
+        name: {"state": {k: v[i].clone() for k, v in probe.detector.state.items()}, "seen": 2}
+        for i, name in enumerate(("loss", "grad"))
+    }
+    resumed = ShiftProbe()
+    resumed.load_state_dict(old)
+    assert resumed.detector.seen == 2
+    for key, value in probe.detector.state.items():
+        assert torch.equal(resumed.detector.state[key], value), key
 
 
 def test_generalization_gap_and_its_trend_come_from_observe():

@@ -1,5 +1,7 @@
 """Distribution shift: a Page-Hinkley change detector on the per-batch loss and log
-gradient norm, fed only by cheap signals and run entirely on the device.
+gradient norm, fed only by cheap signals and run entirely on the device (both streams in
+one detector: on the CPU each small tensor op costs microseconds, and this probe runs
+every step in the default set).
 
 Each stream is standardised by its own slow EMA mean and deviation (so one threshold
 fits any loss scale), then the Page-Hinkley statistic accumulates upward departures
@@ -18,9 +20,13 @@ from trimtab.probes.base import Cost, Probe, StepContext
 
 
 class PageHinkley:
-    """One stream's detector; ``update`` returns 1.0 on an alarm step, else 0.0.
+    """Page-Hinkley detectors on a tensor of streams, element-wise; ``update`` returns
+    1.0 where an alarm fires this step, else 0.0.
 
-    Works on 0-dim tensors of any device (or CPU tensors made from floats in tests).
+    One call updates every stream with a handful of fused element-wise ops, so the two
+    streams of the shift probe cost what one did. Works on tensors of any device (or CPU
+    tensors made from floats in tests). A non-finite value leaves a stream's mean and
+    deviation alone and cannot raise its alarm.
     """
 
     def __init__(
@@ -34,30 +40,33 @@ class PageHinkley:
         self.seen = 0
 
     def update(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.detach().float().reshape(())
+        x = x.detach().float()
+        finite = torch.isfinite(x)
         if not self.state:
             zero = torch.zeros_like(x)
+            # a stream whose first value is not finite starts from 0 (its mean would
+            # otherwise stay NaN for good)
             self.state = {
-                "mean": x.clone(),
+                "mean": torch.where(finite, x, zero),
                 "var": zero + 1e-12,
                 "cum": zero.clone(),
                 "low": zero.clone(),
             }
         s = self.state
-        finite = torch.isfinite(x)
         x = torch.where(finite, x, s["mean"])
-        z = (x - s["mean"]) / s["var"].sqrt().clamp_min(1e-6)
         self.seen += 1
-        active = self.seen > self.warmup
-        cum = s["cum"] + (z - self.delta) if active else s["cum"]
+        cum = s["cum"]
+        if self.seen > self.warmup:
+            z = (x - s["mean"]) / s["var"].sqrt().clamp_min(1e-6)
+            cum = cum + (z - self.delta)
         low = torch.minimum(s["low"], cum)
         alarm = (cum - low > self.threshold) & finite
+        keep = ~alarm
         # on an alarm: re-baseline on the new level
-        s["cum"] = torch.where(alarm, torch.zeros_like(cum), cum)
-        s["low"] = torch.where(alarm, torch.zeros_like(low), low)
+        s["cum"] = cum * keep
+        s["low"] = low * keep
         s["mean"] = torch.where(alarm, x, s["mean"] + self.alpha * (x - s["mean"]))
-        deviation = (x - s["mean"]) ** 2
-        s["var"] = s["var"] + self.alpha * (deviation - s["var"])
+        s["var"] = s["var"] + self.alpha * ((x - s["mean"]) ** 2 - s["var"])
         return alarm.float()
 
     def state_dict(self) -> dict[str, object]:
@@ -76,28 +85,46 @@ class ShiftProbe(Probe):
 
     def __init__(self, *, every: int = 1, threshold: float = 12.0, delta: float = 0.5) -> None:
         super().__init__(every=every)
-        self.loss = PageHinkley(threshold=threshold, delta=delta)
-        self.grad = PageHinkley(threshold=threshold, delta=delta)
+        # one detector over both streams: [loss, log gradient norm]
+        self.detector = PageHinkley(threshold=threshold, delta=delta)
 
     def signals(self, groups: Sequence[str]) -> tuple[str, ...]:
         return ("shift/loss_alarm", "shift/grad_alarm")
 
     def settings(self) -> dict[str, object]:
-        return {**super().settings(), "threshold": self.loss.threshold, "delta": self.loss.delta}
+        detector = self.detector
+        return {**super().settings(), "threshold": detector.threshold, "delta": detector.delta}
 
     def before_step(self, ctx: StepContext) -> dict[str, torch.Tensor]:
+        norm = ctx.global_grad_norm()  # shared with the other probes, computed once
+        if ctx.loss is None and norm is None:
+            return {}
+        # a missing stream reads as a non-finite value: it moves nothing and cannot alarm
+        missing = float("nan")
+        device = (norm if norm is not None else ctx.loss).device  # type: ignore[union-attr]
+        loss = ctx.loss.detach().float().reshape(()) if ctx.loss is not None else missing
+        log_norm = torch.log(norm.float().clamp_min(1e-30)) if norm is not None else missing
+        values = torch.stack([torch.as_tensor(v, device=device) for v in (loss, log_norm)])
+        alarms = self.detector.update(values)
         out = {}
         if ctx.loss is not None:
-            out["shift/loss_alarm"] = self.loss.update(ctx.loss)
-        norms = ctx.grad_norms()
-        if norms:
-            total = torch.linalg.vector_norm(torch.stack(list(norms.values())))
-            out["shift/grad_alarm"] = self.grad.update(torch.log(total.clamp_min(1e-30)))
+            out["shift/loss_alarm"] = alarms[0]
+        if norm is not None:
+            out["shift/grad_alarm"] = alarms[1]
         return out
 
     def state_dict(self) -> dict[str, object]:
-        return {"loss": self.loss.state_dict(), "grad": self.grad.state_dict()}
+        return {"detector": self.detector.state_dict()}
 
     def load_state_dict(self, state: dict[str, object]) -> None:
-        self.loss.load_state_dict(dict(state.get("loss", {})))  # type: ignore[arg-type]
-        self.grad.load_state_dict(dict(state.get("grad", {})))  # type: ignore[arg-type]
+        if "detector" in state:
+            self.detector.load_state_dict(dict(state["detector"]))  # type: ignore[arg-type]
+            return
+        # saved before the two streams shared one detector: stack the two states
+        parts = [dict(state.get(k, {})) for k in ("loss", "grad")]  # type: ignore[arg-type]
+        if all(p.get("state") for p in parts):
+            stacked = {
+                key: torch.stack([p["state"][key].reshape(()) for p in parts])  # type: ignore[index]
+                for key in ("mean", "var", "cum", "low")
+            }
+            self.detector.load_state_dict({"state": stacked, "seen": parts[0].get("seen", 0)})
