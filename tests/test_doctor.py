@@ -146,6 +146,7 @@ def test_backbone_moving_like_the_head_is_drift_but_a_slow_one_is_not():
             {"groups": [{"name": "g0", "hyperparameters": {"max_grad_norm": 0.5}}]},
             "clipping_every_step",
         ),
+        ({"policies": [{"name": "plateau"}, {"name": "shift"}]}, "shift_without_guard"),
     ],
 )
 def test_set_up_lints_are_the_main_finding_of_otherwise_healthy_curves(header, code):
@@ -153,6 +154,13 @@ def test_set_up_lints_are_the_main_finding_of_otherwise_healthy_curves(header, c
     diagnosis = diagnose(_run(HEALTHY, header=header, extra=extra))
     assert diagnosis.main is not None and diagnosis.main.code == code
     assert diagnosis.main.values
+
+
+def test_the_shift_policy_beside_the_guard_or_the_guard_alone_is_quiet():
+    for names in (["stability_guard", "shift"], ["stability_guard"], []):
+        header = {"policies": [{"name": n} for n in names]}
+        diagnosis = diagnose(_run(HEALTHY, header=header))
+        assert "shift_without_guard" not in [f.code for f in diagnosis.lints], names
 
 
 def test_fp16_with_recorded_loss_scaling_and_small_decay_are_quiet():

@@ -205,6 +205,27 @@ def clipping_every_step(run: RunLog) -> Finding | None:
     )
 
 
+def shift_without_guard(run: RunLog) -> Finding | None:
+    """The shift policy without the stability guard: its fast confirmation needs the
+    guard's rollback, and its 20-loss test alone cannot tell weights that diverged from
+    new data (both keep the loss high)."""
+    names = [p.get("name") for p in run.header.get("policies", []) if isinstance(p, dict)]
+    if "shift" not in names or "stability_guard" in names:
+        return None
+    return Finding(
+        code="shift_without_guard",
+        kind=Kind.LINT,
+        title="the shift policy runs without the stability guard",
+        evidence=(
+            f"policies {names}: without the guard's rollback the shift policy confirms new "
+            "data only after 20 high losses, a test that weights which diverged pass too, "
+            "and then it raises the LR"
+        ),
+        advice="put stability_guard back in policies=, or leave shift out",
+        values={"shift": 1.0, "stability_guard": 0.0},
+    )
+
+
 LINTS: tuple[Callable[[RunLog], Finding | None], ...] = (
     fp16_without_scaling,
     eval_in_train_mode,
@@ -213,4 +234,5 @@ LINTS: tuple[Callable[[RunLog], Finding | None], ...] = (
     no_warmup_transformer,
     clipping_every_step,
     same_lr_finetune,
+    shift_without_guard,
 )
