@@ -197,7 +197,8 @@ class CutGroup(Policy):
         return [], state
 
 
-def test_prodigy_groups_share_an_lr_change_and_each_follower_is_logged():
+def _prodigy_body_and_head():
+    """A Prodigy over two named groups, and the lrs each of its steps ran at."""
     pytest.importorskip("prodigyopt")
     import prodigyopt
 
@@ -213,6 +214,11 @@ def test_prodigy_groups_share_an_lr_change_and_each_follower_is_logged():
     optimizer.register_step_pre_hook(
         lambda opt, args, kwargs: seen.append([g["lr"] for g in opt.param_groups])
     )
+    return model, optimizer, seen
+
+
+def test_prodigy_groups_share_an_lr_change_and_each_follower_is_logged():
+    model, optimizer, seen = _prodigy_body_and_head()
     regime = Regime(model, optimizer, policies=[CutGroup("head")])
     _train(regime, model, range(5))  # Prodigy raises inside step() if the lrs differ
     assert seen == [[1.0, 1.0]] * 2 + [[0.5, 0.5]] * 3
@@ -227,21 +233,7 @@ def test_prodigy_groups_meet_once_a_step_after_every_policy_decided():
     """Two policies cut two groups in one step: the groups meet at the lower level with
     one follower event, not one after each decision (the first would drag the second
     group down before its own cut, and log a change that never ran)."""
-    pytest.importorskip("prodigyopt")
-    import prodigyopt
-
-    model = tiny_mlp()
-    optimizer = prodigyopt.Prodigy(
-        [
-            {"params": model[0].parameters(), "name": "body"},
-            {"params": model[2].parameters(), "name": "head"},
-        ],
-        lr=1.0,
-    )
-    seen = []
-    optimizer.register_step_pre_hook(
-        lambda opt, args, kwargs: seen.append([g["lr"] for g in opt.param_groups])
-    )
+    model, optimizer, seen = _prodigy_body_and_head()
     policies = [CutGroup("head"), CutGroup("body", target=0.25, name="cut_body")]
     regime = Regime(model, optimizer, policies=policies)
     _train(regime, model, range(4))

@@ -285,7 +285,7 @@ class Shift(Policy):
             return []
         # the lower median: more than half of the window must be at the new level; and
         # the latest loss too (at the restored weights, when the guard rolled back)
-        window = sorted(after if restored or normal_there else after[-self.persistence :])
+        window = sorted(after if restored else after[-self.persistence :])
         new = window[(len(window) - 1) // 2]
         evidence = {"loss_before": old, "loss_after": new, "needed_rise": needed}
         if normal_there or new - old <= needed or after[-1] - old <= needed:
@@ -364,11 +364,12 @@ class Shift(Policy):
             if abs(current - level) > 1e-9 * level:
                 level, since = current, view.step
             state["held"][group] = [level, since]
+            stood = view.step - since >= _HOLD
             if cut:  # the cut level is where the run goes on from
                 state["high"][group] = current
-            elif view.step - since >= _HOLD:
+            elif stood:
                 state["high"][group] = max(state["high"].get(group, current), current)
-            if view.step - since >= _HOLD:
+            if stood:
                 state["trained"][group] = max(state["trained"].get(group, current), current)
             state["guard"][group] = guard
 
